@@ -1,0 +1,1 @@
+"""Stage 3: probe frozen features (linear, kNN, VOC07)."""

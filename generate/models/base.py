@@ -1,0 +1,69 @@
+"""The interface between a pretrained generator and the rest of genrep."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from genrep.registry import Registry
+
+#: name -> builder(weights=None, classes=None, device="cpu", **options) -> Generator
+GENERATORS: Registry[Callable[..., "Generator"]] = Registry(
+    "model", packages=["genrep.generate.models"]
+)
+
+
+class Generator(nn.Module):
+    """G: (z, y) -> images in [-1, 1], NCHW float, at the generator's native resolution.
+
+    Subclasses set the attributes below and implement `forward`. Images may be non-square (the
+    pipeline center-crops or resizes them to the requested size, App. A of the paper).
+    """
+
+    #: registry name the generator was built under (set by `build_generator`)
+    name: str = ""
+    #: dimension of z
+    z_dim: int
+    #: number of classes; 0 for an unconditional generator
+    num_classes: int = 0
+    #: side of the (square) native output, before any crop
+    resolution: int
+    #: truncation t of the anchor latent z ~ N_t(0, 1, t); None means untruncated
+    default_truncation: ClassVar[float | None] = None
+    #: named class subsets this generator knows (e.g. "imagenet100")
+    class_subsets: ClassVar[dict[str, list[int]]] = {}
+    #: sha256 of the weights file the generator was loaded from, or of its defining parameters
+    weights_sha256: str = ""
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def default_sigma(self) -> float:
+        """Std of the gaussian view: 0.2 unconditional, 1.0 class-conditional (paper, Sec. 3.3.1, C.2.1)."""
+        return 1.0 if self.conditional else 0.2
+
+    def describe(self) -> dict[str, Any]:
+        """Identity of the generator for manifests and checkpoints."""
+        return {
+            "name": self.name,
+            "z_dim": self.z_dim,
+            "num_classes": self.num_classes,
+            "resolution": self.resolution,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def build_generator(name: str, *, weights: str | None = None, classes: Any = None,
+                    device: str | torch.device = "cpu", **options: Any) -> Generator:
+    """Build the registered generator `name` in eval mode on `device`."""
+    canonical = GENERATORS.canonical(name)
+    generator = GENERATORS.get(canonical)(weights=weights, classes=classes, device=device, **options)
+    generator.name = canonical
+    return generator.eval().requires_grad_(False)

@@ -1,0 +1,159 @@
+"""The genrep shard format: how one sample is encoded into, and safely decoded from, a tar shard.
+
+This module is the single home of the on-disk contract (specified for people in `shards/README.md`):
+the writer of stage 1 and the readers of stages 2 and 3 all go through it. Decoding handles only the
+fields the format defines, with decoders that cannot execute code (no pickle, ever).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+#: Bumped on any change a reader could notice; readers refuse versions they do not know.
+FORMAT_NAME = "genrep-shards"
+FORMAT_VERSION = 1
+IMAGE_FORMATS = ("jpg", "png", "webp")
+SHARD_PATTERN = "shard-{:06d}.tar"
+SHARD_RE = re.compile(r"^shard-(\d{6,})\.tar$")
+#: Fixed tar member metadata, so a shard's bytes depend only on its samples.
+TAR_MTIME = 0.0
+TAR_USER = "genrep"
+
+_NEIGHBOR_RE = re.compile(r"^neighbor_(\d+)\.(jpg|png|webp)$")
+
+
+class ShardFormatError(ValueError):
+    """A sample or shard that does not follow the format."""
+
+
+@dataclass
+class Sample:
+    """One decoded sample: an anchor view, its neighbor views and what generated them."""
+
+    key: str
+    anchor: Image.Image
+    neighbors: list[Image.Image] = field(default_factory=list)
+    label: int | None = None
+    latent: np.ndarray | None = None
+    neighbor_latents: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_key(index: int) -> str:
+    """Tar key of global sample `index` (zero-padded decimal: no dots, sorts in index order)."""
+    return f"{index:09d}"
+
+
+def shard_name(k: int) -> str:
+    return SHARD_PATTERN.format(k)
+
+
+def encode_image(image: np.ndarray, fmt: str, quality: int) -> bytes:
+    """Encode an HxWx3 uint8 array; the output is a pure function of its inputs."""
+    buffer = io.BytesIO()
+    pil = Image.fromarray(image, "RGB")
+    if fmt == "jpg":
+        pil.save(buffer, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "png":
+        pil.save(buffer, format="PNG", compress_level=6)
+    elif fmt == "webp":
+        pil.save(buffer, format="WEBP", quality=quality, method=4)
+    else:
+        raise ShardFormatError(f"unknown image format {fmt!r}; choose one of {IMAGE_FORMATS}")
+    return buffer.getvalue()
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_sample(index: int, anchor: bytes, neighbors: list[bytes], fmt: str,
+                  latent: np.ndarray, neighbor_latents: np.ndarray | None,
+                  label: int | None, meta: dict[str, Any]) -> dict[str, bytes | str]:
+    """The tar members of one sample (already-encoded images in, member bytes out)."""
+    fields: dict[str, bytes | str] = {"__key__": sample_key(index), f"anchor.{fmt}": anchor}
+    for j, data in enumerate(neighbors):
+        fields[f"neighbor_{j}.{fmt}"] = data
+    fields["latent.npy"] = encode_npy(latent.astype(np.float32))
+    if neighbor_latents is not None and len(neighbors):
+        fields["neighbor_latent.npy"] = encode_npy(neighbor_latents.astype(np.float32))
+    if label is not None:
+        fields["cls"] = str(int(label)).encode()
+    fields["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return fields
+
+
+def write_shard(fileobj: BinaryIO, samples: list[dict[str, bytes | str]]) -> None:
+    """Write encoded samples as one byte-reproducible tar (fixed mtime, owner and mode)."""
+    writer = wds.TarWriter(fileobj, user=TAR_USER, group=TAR_USER, mode=0o444, encoder=False,
+                           mtime=TAR_MTIME)
+    for sample in samples:
+        writer.write(sample)
+    writer.close()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode an image member to RGB; PIL only reads pixel formats, never code."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def decode_sample(raw: dict[str, Any]) -> Sample:
+    """Decode the raw members of one sample (as grouped by webdataset) into a `Sample`.
+
+    Only the fields the format defines are decoded; any other member is ignored, so nothing in a
+    shard can run code. Raises `ShardFormatError` for a missing or undecodable field.
+    """
+    key = str(raw.get("__key__", "?"))
+    try:
+        anchor_field = next((f"anchor.{ext}" for ext in IMAGE_FORMATS if f"anchor.{ext}" in raw),
+                            None)
+        if anchor_field is None:
+            raise ShardFormatError("no anchor image")
+        anchor = decode_image(raw[anchor_field])
+        indexed = sorted((int(m.group(1)), name) for name in raw
+                         if (m := _NEIGHBOR_RE.match(name)))
+        if [i for i, _ in indexed] != list(range(len(indexed))):
+            raise ShardFormatError("neighbor views are not numbered 0..K-1")
+        neighbors = [decode_image(raw[name]) for _, name in indexed]
+        label = int(raw["cls"].decode()) if "cls" in raw else None
+        latent = decode_npy(raw["latent.npy"]) if "latent.npy" in raw else None
+        neighbor_latents = (decode_npy(raw["neighbor_latent.npy"])
+                            if "neighbor_latent.npy" in raw else None)
+        meta = json.loads(raw["json"].decode()) if "json" in raw else {}
+    except ShardFormatError as err:
+        raise ShardFormatError(f"sample {key}: {err}") from None
+    except Exception as err:  # corrupt bytes surface as many exception types
+        raise ShardFormatError(f"sample {key}: undecodable ({type(err).__name__}: {err})") from None
+    return Sample(key, anchor, neighbors, label, latent, neighbor_latents, meta)
+
+
+def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Raw member groups of one shard, in order: webdataset's tar grouping, no decoding."""
+    with open(path, "rb") as stream:
+        members = wds.tariterators.tar_file_iterator(stream)
+        for raw in wds.tariterators.group_by_keys(members):
+            raw["__url__"] = str(path)
+            yield raw
+
+
+def shard_paths(folder: str | Path) -> list[Path]:
+    """The complete shards of a dataset folder in order (from its file names, never a glob hang)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if SHARD_RE.match(p.name))

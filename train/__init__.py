@@ -1,0 +1,1 @@
+"""Stage 2: train an encoder on generated shards (or real images)."""
