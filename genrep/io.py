@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 
@@ -15,10 +16,39 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+TMP_SUFFIX = ".tmp"
+
+
 def tmp_path_for(path: str | os.PathLike) -> Path:
-    """The hidden temporary name a file is written under before its atomic rename."""
+    """The hidden temporary name a file is written under before its atomic rename.
+
+    It names the host and process, so a later run can tell leftovers of dead writers from files
+    that a live process is still writing (`remove_stale_tmp`).
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary files left in `folder` by writers of this host that are no longer running."""
+    host = socket.gethostname()
+    removed = []
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+        if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def commit_tmp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:

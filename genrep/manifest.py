@@ -49,14 +49,30 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     return manifest
 
 
-def load_dataset(folder: str | Path, require_complete: bool = True) -> tuple[dict[str, Any], list[Path]]:
-    """Manifest and shard paths of a dataset folder, checking the shards it lists are present."""
+def find_dataset(folder: str | Path) -> Path:
+    """The dataset folder meant by `folder`: itself, or its only subfolder holding a dataset.
+
+    `genrep-generate` writes each dataset into its own subfolder of `shards/`, so `genrep-train
+    shards/` works while one dataset is there and asks which one once there are several.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError(f"{folder} is not a folder; pass a folder made by genrep-generate")
+    if manifest_path(folder).exists():
+        return folder
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and manifest_path(p).exists())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(str(p) for p in found)
+        raise ManifestError(f"{folder} holds {len(found)} datasets ({names}); pass one of them")
+    raise ManifestError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
+
+
+def load_dataset(folder: str | Path, require_complete: bool = True) -> tuple[dict[str, Any], list[Path]]:
+    """Manifest and shard paths of a dataset folder, checking the shards it lists are present."""
+    folder = find_dataset(folder)
     manifest = read_manifest(folder)
-    if manifest is None:
-        raise ManifestError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
     if require_complete and not manifest.get("complete"):
         raise ManifestError(
             f"{folder} is an unfinished dataset; rerun its genrep-generate command to complete it"

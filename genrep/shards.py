@@ -147,10 +147,9 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
 def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Raw member groups of one shard, in order: webdataset's tar grouping, no decoding."""
     with open(path, "rb") as stream:
-        members = wds.tariterators.tar_file_iterator(stream)
-        for raw in wds.tariterators.group_by_keys(members):
-            raw["__url__"] = str(path)
-            yield raw
+        members = ({**member, "__url__": str(path)}
+                   for member in wds.tariterators.tar_file_iterator(stream))
+        yield from wds.tariterators.group_by_keys(members)
 
 
 def shard_paths(folder: str | Path) -> list[Path]:
