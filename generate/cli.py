@@ -93,10 +93,13 @@ def main(list_names: bool, progress: bool, shard_range: tuple[int, int] | None,
         options["device"] = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun rank
     run_options = {key: options.pop(key) for key in ("batch_size", "workers")}
     try:
-        plan = make_plan(options)
+        plan = make_plan(options)  # builders and views raise ValueError for bad options
+    except (RegistryError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    try:
         generate(plan, shard_range=shard_range, progress=progress,
                  log=lambda message: click.echo(message, err=True), **run_options)
-    except (GenerateError, RegistryError, ValueError) as err:
+    except GenerateError as err:
         raise click.UsageError(str(err)) from None
 
 

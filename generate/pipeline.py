@@ -187,7 +187,7 @@ def sample_latents(plan: Plan, index: int) -> tuple[np.ndarray, int | None, np.n
     label = plan.classes[index % len(plan.classes)] if plan.classes else None
     z = truncated_normal(rng, plan.generator.z_dim, plan.truncation)
     neighbor_z, params = plan.view.neighbors(z, label, rng, plan.neighbors)
-    return z, label, np.asarray(neighbor_z, np.float32).reshape(plan.neighbors, -1), params
+    return z, label, np.asarray(neighbor_z, np.float32).reshape(plan.neighbors, z.shape[0]), params
 
 
 def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:

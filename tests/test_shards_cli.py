@@ -1,0 +1,132 @@
+"""`genrep-shards inspect/verify/preview`, and the safety of reading a shard someone handed you."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from genrep.io import sha256_file
+from genrep.manifest import ManifestError, load_dataset, read_manifest
+from genrep.shards import ShardFormatError, decode_sample, iter_raw_samples
+from genrep.shards_cli import main as shards_main
+
+
+def shards(*args):
+    return CliRunner().invoke(shards_main, [str(a) for a in args])
+
+
+@pytest.fixture
+def dataset(make_dataset):
+    return make_dataset("ds", "--n", "6", "--shard-size", "2", "--neighbors", "2")
+
+
+def test_inspect_summarizes(dataset):
+    result = shards("inspect", dataset)
+    assert result.exit_code == 0
+    assert "embedded" in result.output and "gaussian" in result.output
+    assert "anchors     6 of 6" in result.output and "shards      3 of 3" in result.output
+
+
+def test_verify_accepts_a_good_dataset(dataset):
+    result = shards("verify", dataset)
+    assert result.exit_code == 0 and "OK 3 shards, 6 samples" in result.output
+
+
+def test_verify_names_each_corrupt_shard(dataset):
+    first, last = dataset / "shard-000000.tar", dataset / "shard-000002.tar"
+    data = bytearray(first.read_bytes())
+    data[700] ^= 0xFF  # inside the first image
+    first.write_bytes(bytes(data))
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    result = shards("verify", dataset)
+    assert result.exit_code == 1
+    assert "BAD shard-000000.tar: sha256 differs" in result.output
+    assert "BAD shard-000002.tar: size" in result.output
+    assert "shard-000001.tar" not in result.output
+
+
+def test_verify_finds_missing_and_stray_shards(dataset):
+    (dataset / "shard-000001.tar").rename(dataset / "shard-000009.tar")
+    result = shards("verify", dataset)
+    assert result.exit_code == 1
+    assert "BAD shard-000001.tar: missing" in result.output
+    assert "BAD shard-000009.tar: not in the manifest" in result.output
+
+
+def test_verify_decodes_samples_not_only_checksums(dataset):
+    """A shard rewritten with its manifest entry updated still fails when an image is garbage."""
+    path = dataset / "shard-000000.tar"
+    _rewrite_tar(path, lambda members: [
+        (name, b"\xff\xd8 not a jpeg" if name.endswith("anchor.jpg") else data) for name, data in members])
+    manifest = read_manifest(dataset)
+    manifest["shards"][0].update(bytes=path.stat().st_size, sha256=sha256_file(path))
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    result = shards("verify", dataset)
+    assert result.exit_code == 1 and "BAD shard-000000.tar: sample 000000000: undecodable" in result.output
+
+
+def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    result = shards("preview", dataset, "--out", out, "--rows", "4")
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as sheet:
+        assert sheet.size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)
+
+
+def test_not_a_dataset_gives_one_clear_line(tmp_path):
+    result = shards("verify", tmp_path)
+    assert result.exit_code == 2 and "has no manifest.json; pass a folder made by genrep-generate" in result.output
+
+
+def test_newer_format_version_is_refused(dataset):
+    manifest = read_manifest(dataset)
+    manifest["format_version"] = 99
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="format version 99; this genrep reads version 1"):
+        load_dataset(dataset)
+
+
+class _Payload:
+    """Unpickling this would create a file: the marker of executed code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _rewrite_tar(path, edit):
+    """Rewrite a tar with `edit(list of (name, bytes)) -> list of (name, bytes)`."""
+    with tarfile.open(path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for name, data in edit(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_pickle_members_in_a_shard_never_run(dataset, tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(str(marker)))
+    evil = [(f"000000000.{ext}", payload) for ext in ("pyd", "pickle", "pth", "pkl")]
+    _rewrite_tar(dataset / "shard-000000.tar", lambda members: members[:3] + evil + members[3:])
+    decoded = [decode_sample(raw) for raw in iter_raw_samples(dataset / "shard-000000.tar")]
+    assert [s.key for s in decoded] == ["000000000", "000000001"]
+    assert len(decoded[0].neighbors) == 2 and not marker.exists()
+
+
+def test_missing_anchor_is_a_format_error():
+    with pytest.raises(ShardFormatError, match="sample 7: no anchor image"):
+        decode_sample({"__key__": "7", "json": b"{}"})
+    with pytest.raises(ShardFormatError, match="numbered 0..K-1"):
+        image = io.BytesIO()
+        Image.new("RGB", (4, 4)).save(image, "PNG")
+        decode_sample({"__key__": "8", "anchor.png": image.getvalue(), "neighbor_1.png": image.getvalue()})
