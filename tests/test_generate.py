@@ -188,6 +188,21 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_uninterrupted_result(make_dat
     assert read_manifest(out)["shards"] == read_manifest(reference)["shards"]
 
 
+def test_memory_stays_flat_as_n_grows(tmp_path):
+    """Peak Python/NumPy memory (images, encoded bytes) of a 10x larger run stays about the same."""
+    import tracemalloc
+
+    peaks = []
+    for n in (30, 300):
+        tracemalloc.start()
+        run_generate("--size", "64", "--format", "png", "--n", str(n), "--shard-size", "15",
+                     "--workers", "0", "--out", str(tmp_path / str(n)))
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # Holding all 300 x 2 encoded images (~10 KB png each) would add ~6 MB; a shard is ~0.3 MB.
+    assert peaks[1] < peaks[0] + 2**20, peaks
+
+
 def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
     config = tmp_path / "gen.yaml"
     config.write_text("n: 5\nshard-size: 2\nsize: 32\nworkers: 0\nseed: 7\n")
