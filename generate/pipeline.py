@@ -27,14 +27,14 @@ from tqdm import tqdm
 from genrep.config import save_config, to_plain
 from genrep.generate.models.base import Generator, build_generator
 from genrep.generate.views.base import View, build_view
-from genrep.io import commit_tmp, remove_stale_tmp, sha256_file, tmp_path_for
+from genrep.io import atomic_write_bytes, commit_tmp, remove_stale_tmp, sha256_file, tmp_path_for
 from genrep.latents import sample_rng, truncated_normal
 from genrep.manifest import CARD, CONFIG, locked, read_manifest, write_manifest
 from genrep.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
     IMAGE_FORMATS,
-    encode_image,
+    encode_images,
     encode_sample,
     shard_name,
     write_shard,
@@ -212,10 +212,6 @@ def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-def _encode_batch(pixels: np.ndarray, fmt: str, quality: int) -> list[bytes]:
-    return [encode_image(image, fmt, quality) for image in pixels]
-
-
 class _ShardJob:
     """One shard on its way: encoded image futures, latents, and the samples' metadata."""
 
@@ -293,9 +289,9 @@ class ShardGenerator:
             images = self._forward(z_all[start:stop], None if labels is None else labels[start:stop])
             pixels = to_uint8(images, plan.size, plan.resize)
             if pool is None:
-                job.parts.append(_encode_batch(pixels, plan.image_format, plan.quality))
+                job.parts.append(encode_images(pixels, plan.image_format, plan.quality))
             else:
-                job.parts.append(pool.submit(_encode_batch, pixels, plan.image_format, plan.quality))
+                job.parts.append(pool.submit(encode_images, pixels, plan.image_format, plan.quality))
             bar.update(len(pixels))
         return job
 
@@ -393,8 +389,6 @@ def update_manifest(plan: Plan) -> dict[str, Any]:
 
 def write_card(plan: Plan, manifest: dict[str, Any]) -> None:
     """A dataset card with hub-style YAML front matter, so the folder can be pushed as it is."""
-    from genrep.io import atomic_write_bytes
-
     images = plan.n * (1 + plan.neighbors)
     category = next(label for bound, label in [(1e3, "n<1K"), (1e4, "1K<n<10K"),
                                                (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
+
+# webdataset is imported inside the functions that use it: it imports torch, which encoder
+# processes (they only run `encode_images`) should not pay for.
 
 #: Bumped on any change a reader could notice; readers refuse versions they do not know.
 FORMAT_NAME = "genrep-shards"
@@ -72,6 +74,11 @@ def encode_image(image: np.ndarray, fmt: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def encode_images(images: np.ndarray, fmt: str, quality: int) -> list[bytes]:
+    """Encode N x H x W x 3 uint8 images (a top-level function: encoder processes run it)."""
+    return [encode_image(image, fmt, quality) for image in images]
+
+
 def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
@@ -96,6 +103,8 @@ def encode_sample(index: int, anchor: bytes, neighbors: list[bytes], fmt: str,
 
 def write_shard(fileobj: BinaryIO, samples: list[dict[str, bytes | str]]) -> None:
     """Write encoded samples as one byte-reproducible tar (fixed mtime, owner and mode)."""
+    import webdataset as wds
+
     writer = wds.TarWriter(fileobj, user=TAR_USER, group=TAR_USER, mode=0o444, encoder=False,
                            mtime=TAR_MTIME)
     for sample in samples:
@@ -146,6 +155,8 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
 
 def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Raw member groups of one shard, in order: webdataset's tar grouping, no decoding."""
+    import webdataset as wds
+
     with open(path, "rb") as stream:
         members = ({**member, "__url__": str(path)}
                    for member in wds.tariterators.tar_file_iterator(stream))
