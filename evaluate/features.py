@@ -1,0 +1,169 @@
+"""Frozen features of a dataset split, computed once per (checkpoint, dataset, split, transform).
+
+Features are stored as plain `.npy` files (never pickle) under `--cache-dir`, written atomically, so
+a second protocol on the same data and checkpoint reuses them and an interrupted run leaves nothing
+half-written. A `.json` file next to each `.npy` says what it holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torchvision import transforms
+
+from genrep.evaluate.datasets import ProbeDataset
+from genrep.evaluate.encoder import Encoder, extract_features
+from genrep.io import atomic_write_bytes, commit_tmp, tmp_path_for
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_cache_dir() -> Path:
+    """`$GENREP_HOME/features`; GENREP_HOME defaults to the user's cache folder (~/.cache/genrep)."""
+    home = os.environ.get("GENREP_HOME")
+    if not home:
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrep"
+    return Path(home) / "features"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Encoder input size and the two image pipelines of the paper's linear evaluation."""
+
+    size: int = 128
+    crop_fraction: float = (
+        0.875  # evaluation resizes the short side to size / crop_fraction, then center-crops
+    )
+
+    @property
+    def resize(self) -> int:
+        return round(self.size / self.crop_fraction)
+
+    def eval_transform(self) -> Callable:
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize),
+                transforms.CenterCrop(self.size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def train_transform(self) -> Callable:
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(self.size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+
+    def eval_key(self) -> str:
+        """Names the evaluation transform in the feature cache key and the report."""
+        return f"resize{self.resize}-centercrop{self.size}-bilinear-imagenet-norm"
+
+
+class FeatureCache:
+    """`.npy` feature arrays in one folder, named by a hash of what produced them."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)  # fail before extraction, not after
+
+    def path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.folder / f"{digest}.npy"
+
+    def load(self, key: dict[str, Any], rows: int) -> np.ndarray | None:
+        """The cached array for `key`, or None if absent or not a float32 [rows, D] array."""
+        path = self.path(key)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != rows:
+            return None
+        return array
+
+    def save(self, key: dict[str, Any], array: np.ndarray) -> Path:
+        path = self.path(key)
+        tmp = tmp_path_for(path)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+            commit_tmp(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(
+            path.with_suffix(".json"), json.dumps({**key, "shape": list(array.shape)}, indent=1).encode()
+        )
+        return path
+
+
+@dataclass
+class FrozenFeatures:
+    """What every protocol needs: the frozen encoder, the dataset, and how to feed one to the other."""
+
+    encoder: Encoder
+    dataset: ProbeDataset
+    preprocessing: Preprocessing
+    device: torch.device
+    cache: FeatureCache | None = None
+    batch_size: int = 256
+    workers: int = 4
+    log: Callable[[str], None] = field(default=lambda message: None)
+
+    def loader(
+        self,
+        split: str,
+        transform: Callable,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            self.dataset.torch_split(split, transform),
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(seed) if shuffle else None,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def cache_key(self, split: str) -> dict[str, Any]:
+        return {
+            "checkpoint_sha256": self.encoder.sha256,
+            "arch": self.encoder.arch,
+            "dataset": self.dataset.identity(),
+            "split": split,
+            "transform": self.preprocessing.eval_key(),
+        }
+
+    def eval_features(self, split: str) -> np.ndarray:
+        """Center-crop features of `split` [N, D], from the cache when they were computed before."""
+        rows = len(self.dataset.items[split])
+        key = self.cache_key(split) if self.cache else None
+        if self.cache and (cached := self.cache.load(key, rows)) is not None:
+            self.log(f"{split} features: cached in {self.cache.path(key)}")
+            return cached
+        features = extract_features(
+            self.encoder.model,
+            self.loader(split, self.preprocessing.eval_transform()),
+            self.device,
+            total=rows,
+            desc=f"{split} features",
+        )
+        if self.cache:
+            self.log(
+                f"{split} features: computed {features.shape}, saved to {self.cache.save(key, features)}"
+            )
+        return features

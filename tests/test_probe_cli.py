@@ -1,0 +1,244 @@
+"""genrep-probe end to end through its click CLI, with tiny encoders on tiny datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from probe_fixtures import (
+    write_imagefolder,
+    write_images_as_imagefolder,
+    write_run_folder,
+    write_stanford_cars,
+    write_voc07,
+)
+
+from genrep.evaluate.cli import main
+from genrep.evaluate.report import format_table
+from genrep.io import sha256_file
+
+FAST = "--size 32 --workers 0"
+
+
+@pytest.fixture(autouse=True)
+def genrep_home(tmp_path, monkeypatch):
+    """Keep the default feature cache ($GENREP_HOME/features) out of the user's home."""
+    monkeypatch.setenv("GENREP_HOME", str(tmp_path / "genrep-home"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_run_folder(tmp_path_factory.mktemp("runs") / "run-a", arch="resnet18", seed=0)
+
+
+def probe(*args, expect: int = 0):
+    """Invoke genrep-probe; string arguments are split on spaces, paths are passed whole."""
+    argv = [part for arg in args for part in (arg.split() if isinstance(arg, str) else [str(arg)])]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == expect, result.output + (result.stderr if expect == 0 else "")
+    return result
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_dir):
+    data = write_imagefolder(tmp_path / "colours", classes=3)
+    out = tmp_path / "reports" / "knn.json"
+    cache = tmp_path / "cache"
+    result = probe(
+        run_dir, "imagefolder --protocol knn", FAST, "--root", data, "--cache-dir", cache, "--out", out
+    )
+    report = read(out)
+    assert report["protocol"] == "knn" and report["primary_metric"] == "top1"
+    assert report["settings"] == {
+        "k": 200,
+        "temperature": 0.07,
+        "metric": "cosine",
+        "weighting": "exp(sim/T)",
+    }
+    assert report["metrics"]["top1"] == 100.0  # solid colours: even random features separate them
+    assert report["checkpoint"]["sha256"] == sha256_file(run_dir / "backbone.pth")
+    assert report["checkpoint"]["kind"] == "run-folder" and report["label"] == "run-a"
+    assert report["dataset"]["label"] == "colours" and report["dataset"]["splits"] == {"train": 24, "val": 12}
+    assert report["preprocessing"]["eval_transform"] == "resize37-centercrop32-bilinear-imagenet-norm"
+    config = yaml.safe_load((out.parent / "knn.config.yaml").read_text())
+    assert config == report["config"]
+    assert (
+        config["checkpoint"] == str(run_dir.resolve()) and config["protocol"] == "knn" and config["k"] == 200
+    )
+    assert "colours knn top1" in result.output and "100.00" in result.output
+    assert "train features: computed" in result.stderr
+
+
+def test_linear_through_the_frozen_encoder_with_augmentation(tmp_path, run_dir):
+    data = write_imagefolder(tmp_path / "colours", classes=3)
+    out = tmp_path / "linear.json"
+    flags = "imagefolder --protocol linear --epochs 2 --batch-size 8 --lr 0.5"
+    probe(run_dir / "checkpoint.pt", flags, FAST, "--root", data, "--out", out)
+    report = read(out)
+    assert report["settings"]["train_input"] == "random-resized-crop + flip"
+    assert report["settings"]["epochs"] == 2 and report["settings"]["reported_epoch"] == "final"
+    assert report["checkpoint"]["kind"] == "training-checkpoint" and report["checkpoint"]["step"] == 7
+    assert set(report["metrics"]) == {"top1"} and 0.0 <= report["metrics"]["top1"] <= 100.0
+    # Training images went through the encoder with augmentation: only val features were cached.
+    assert len(list((tmp_path / "genrep-home" / "features").glob("*.npy"))) == 1
+
+
+def test_cached_linear_on_stanford_cars_then_knn_reuses_the_features(tmp_path, run_dir):
+    data = write_stanford_cars(tmp_path / "cars", classes=3)
+    common = [run_dir, "cars", FAST, "--root", data]
+    probe(*common, "--cached --epochs 30 --lr 0.3 --out", tmp_path / "linear.json")
+    report = read(tmp_path / "linear.json")
+    assert report["dataset"]["name"] == "stanford-cars" and report["dataset"]["splits"] == {
+        "train": 18,
+        "test": 9,
+    }
+    assert (
+        report["settings"]["train_input"] == "cached center-crop features" and report["settings"]["lr"] == 0.3
+    )
+    assert report["metrics"]["top1"] == 100.0
+    second = probe(*common, "--protocol knn")
+    assert "train features: cached" in second.stderr and "test features: cached" in second.stderr
+    assert "computed" not in second.stderr
+
+
+def test_voc07_end_to_end_defaults_to_the_voc07_protocol(tmp_path, run_dir):
+    root = write_voc07(tmp_path / "voc", trainval=40, test=20)
+    out = tmp_path / "voc.json"
+    probe(run_dir, "voc07 --costs 0.1,1,10", FAST, "--root", root, "--out", out)
+    report = read(out)
+    assert report["protocol"] == "voc07" and report["primary_metric"] == "mAP"
+    assert report["settings"]["costs"] == [0.1, 1.0, 10.0] and report["settings"]["folds"] == 3
+    assert [row["class"] for row in report["details"]["per_class"]][:3] == ["aeroplane", "bicycle", "bird"]
+    assert all(row["C"] in (0.1, 1.0, 10.0) for row in report["details"]["per_class"])
+    assert 0.0 < report["metrics"]["mAP"] <= 100.0 and 0.0 < report["metrics"]["mAP_area"] <= 100.0
+
+
+def digits_as_imagefolder(root: Path, shuffle_labels: bool) -> Path:
+    """The first digits of each split (600 train, 300 val: chance accuracy has a 1.7% spread)."""
+    from genrep.evaluate.datasets import build_dataset
+
+    digits = build_dataset("digits")
+    rng = np.random.default_rng(0)
+    images = {}
+    for split, count in zip(digits.splits, (600, 300), strict=True):
+        labels = digits.targets[split][:count]
+        labels = rng.permutation(labels) if shuffle_labels else labels
+        images[split] = [
+            (np.asarray(digits.load_image(split, i).convert("L")), int(labels[i])) for i in range(count)
+        ]
+    return write_images_as_imagefolder(root, images)
+
+
+def test_random_encoder_is_near_chance_on_shuffled_labels_but_not_on_true_ones(tmp_path, run_dir):
+    scores = {}
+    for shuffle in (False, True):
+        data = digits_as_imagefolder(tmp_path / f"digits-shuffled-{shuffle}", shuffle)
+        out = tmp_path / f"{shuffle}.json"
+        probe(run_dir, "imagefolder --protocol knn", FAST, "--root", data, "--out", out)
+        scores[shuffle] = read(out)["metrics"]["top1"]
+    assert scores[True] < 20.0  # chance: 10%
+    assert scores[False] > 50.0
+
+
+def test_digits_needs_no_files_and_tables_compare_reports(tmp_path, run_dir):
+    other = write_run_folder(tmp_path / "run-b", arch="resnet18", seed=1)
+    for run, protocol in ((run_dir, "knn"), (other, "knn"), (other, "linear --cached --epochs 3")):
+        out = tmp_path / f"{run.name}-{protocol.split()[0]}.json"
+        probe(run, "digits --protocol", protocol, FAST, "--out", out)
+    reports = sorted(tmp_path.glob("*.json"))
+    result = probe("table --format markdown", *reports)
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "| encoder | digits knn top1 | digits linear top1 |"
+    assert lines[2].startswith("| run-a | ") and lines[2].endswith(" | - |")
+    assert lines[3].startswith("| run-b | ") and len(lines) == 4
+    wide = probe("table --all-metrics", *reports).output.splitlines()[0].split("  ")
+    assert [c.strip() for c in wide if c.strip()] == [
+        "encoder",
+        "digits knn top1",
+        "digits knn top5",
+        "digits linear top1",
+        "digits linear top5",
+    ]
+
+
+def test_table_keeps_two_checkpoints_with_one_label_apart():
+    def report(sha: str, value: float) -> dict:
+        return {
+            "label": "run",
+            "checkpoint": {"sha256": sha},
+            "dataset": {"label": "digits"},
+            "protocol": "knn",
+            "primary_metric": "top1",
+            "metrics": {"top1": value},
+        }
+
+    text = format_table([report("a" * 64, 50.0), report("b" * 64, 60.0)])
+    assert "run@aaaaaaaa" in text and "run@bbbbbbbb" in text and "60.00" in text
+
+
+def test_a_yaml_config_sets_every_flag_and_the_saved_config_replays(tmp_path, run_dir):
+    data = write_imagefolder(tmp_path / "colours", classes=2, train_per_class=4, val_per_class=2)
+    config = tmp_path / "probe.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "checkpoint": str(run_dir),
+                "dataset": "imagefolder",
+                "root": str(data),
+                "protocol": "knn",
+                "k": 3,
+                "size": 32,
+                "workers": 0,
+                "cache-dir": str(tmp_path / "cache"),
+                "out": str(tmp_path / "a.json"),
+            }
+        )
+    )
+    probe("--config", config)
+    first = read(tmp_path / "a.json")
+    assert first["settings"]["k"] == 3 and first["config"]["size"] == 32
+    probe("--config", tmp_path / "a.config.yaml", "--overwrite")
+    assert read(tmp_path / "a.json")["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("digits --protocol linear --k 5", "--k does not apply to --protocol linear"),
+        ("digits --protocol voc07", "needs a multilabel dataset but digits is multiclass"),
+        ("imagefolder", "dataset imagefolder needs --root DIR holding train/<class>/<image>"),
+        ("digits --device cuda", "asked for CUDA but torch sees no GPU; use --device cpu"),
+        ("digits --device gpu", "'gpu' is not a torch device"),
+        ("mnist", "Invalid value for 'DATASET'"),
+    ],
+)
+def test_bad_input_gives_a_one_line_error(run_dir, args, message, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = probe(run_dir, args, FAST, expect=2)
+    assert message in result.output
+
+
+def test_existing_reports_are_not_overwritten_unless_asked(tmp_path, run_dir):
+    out = tmp_path / "report.json"
+    out.write_text("precious")
+    result = probe(run_dir, "digits --protocol knn", FAST, "--out", out, expect=2)
+    assert "already exists; pass --overwrite" in result.output and out.read_text() == "precious"
+    (tmp_path / "not-a-report.json").write_text("{}")
+    assert "is not a genrep-probe report" in probe("table", tmp_path / "not-a-report.json", expect=2).output
+
+
+def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir):
+    data = write_imagefolder(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1)
+    (data / "train" / "class0" / "000.png").write_bytes(b"not an image")
+    result = probe(run_dir, "imagefolder --protocol knn", FAST, "--root", data, expect=1)
+    assert "cannot identify image file" in result.output and "000.png" in result.output
+    assert "Traceback" not in result.output
