@@ -99,6 +99,8 @@ class Plan:
 def resolve_classes(generator: Generator, spec: Any) -> list[int] | None:
     """The class ids to sample: all, a named subset, the first K (an int), or a comma list."""
     if not generator.conditional:
+        if spec is not None:
+            raise GenerateError(f"--classes does not apply: model {generator.name!r} is unconditional")
         return None
     if spec is None or spec == "all":
         return list(range(generator.num_classes))

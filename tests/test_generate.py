@@ -250,7 +250,10 @@ def test_class_selection_specs():
         resolve_classes(generator, "0,5")
     with pytest.raises(GenerateError, match="is not one of: all, odd"):
         resolve_classes(generator, "evens")
-    assert resolve_classes(build_generator("embedded", resolution=32), "all") is None
+    unconditional = build_generator("embedded", resolution=32)
+    assert resolve_classes(unconditional, None) is None
+    with pytest.raises(GenerateError, match="--classes does not apply: model 'embedded' is unconditional"):
+        resolve_classes(unconditional, "all")
 
 
 def test_existing_dataset_with_another_config_is_left_untouched(make_dataset):
