@@ -70,8 +70,9 @@ def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32",
               help="Autocast dtype of the generator.")
 @click.option("--seed", type=int, default=0)
-@click.option("--workers", type=int, default=min(4, os.cpu_count() or 1),
-              help="Image encoder processes (0: encode in the main process).")
+@click.option("--workers", type=int, default=min(4, max(0, (os.cpu_count() or 1) - 2)),
+              help="Image encoder processes (0: encode in the main process); the default leaves "
+                   "two cores to the generator process.")
 @click.option("--out", default=None, help="Output folder [default: shards/<model>-<view>].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--list", "list_names", is_flag=True, help="List models and views, then exit.")
