@@ -7,23 +7,10 @@ from typing import Any
 
 import click
 
-from genrep.config import config_option
+from genrep.config import config_option, parse_key_values
 from genrep.generate.pipeline import PRECISIONS, RESIZE_MODES, GenerateError, generate, make_plan
 from genrep.registry import RegistryError
 from genrep.shards import IMAGE_FORMATS
-
-
-def _key_values(_ctx: click.Context, _param: click.Parameter, values: Any) -> dict[str, str]:
-    """`--model-option KEY=VALUE` pairs (or a mapping, from a YAML config) as a dict."""
-    if isinstance(values, dict):
-        return {str(k): v for k, v in values.items()}
-    options = {}
-    for item in values or ():
-        key, sep, value = str(item).partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
-        options[key.replace("-", "_")] = value
-    return options
 
 
 def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None):
@@ -43,7 +30,7 @@ def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None
 @config_option
 @click.option("--model", default="embedded", help="Generator registry name (see genrep-generate --list).")
 @click.option("--weights", default=None, help="Weights file or folder (default: cache, then download).")
-@click.option("--model-option", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+@click.option("--model-option", multiple=True, callback=parse_key_values, metavar="KEY=VALUE",
               help="Extra generator option, repeatable (e.g. truncation_psi=0.9).")
 @click.option("--view", default="gaussian", help="Latent view Tz: none, gaussian, independent, steer.")
 @click.option("--walks", default=None, help="Walk file of genrep-steer (view steer).")
@@ -92,7 +79,7 @@ def main(list_names: bool, progress: bool, shard_range: tuple[int, int] | None,
     options["format"] = format_
     if options.get("device", "").startswith("cuda") and "LOCAL_RANK" in os.environ:
         options["device"] = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun rank
-    run_options = {key: options.pop(key) for key in ("batch_size", "workers")}
+    run_options = {key: options[key] for key in ("batch_size", "workers")}
     try:
         plan = make_plan(options)  # builders and views raise ValueError for bad options
     except (RegistryError, ValueError) as err:

@@ -23,15 +23,22 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         raise click.BadParameter(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a YAML mapping of flag names to values")
-    known = {p.name for p in ctx.command.params if p.name and p.expose_value}
+    # A key may be the flag's name (`format`, `batch-size`) or its Python name (`batch_size`).
+    params = {}
+    for param in ctx.command.params:
+        if param.name and param.expose_value:
+            for name in (param.name, *(opt.lstrip("-") for opt in getattr(param, "opts", ()))):
+                params[name.replace("-", "_")] = param
     defaults = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
-            raise click.BadParameter(
-                f"{path}: unknown key {key!r}; valid keys: {', '.join(sorted(known))}"
-            )
-        defaults[name] = value
+        param = params.get(str(key).replace("-", "_"))
+        if param is None:
+            valid = sorted({p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
+                            for p in params.values()})
+            raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if getattr(param, "multiple", False) and isinstance(value, dict):
+            value = [f"{k}={v}" for k, v in value.items()]  # a KEY=VALUE option as a mapping
+        defaults[param.name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
 
@@ -46,6 +53,18 @@ def config_option(command: Callable) -> Callable:
         callback=_load_config,
         help="YAML file whose keys set any of this command's flags (flags still win).",
     )(command)
+
+
+def parse_key_values(_ctx: click.Context | None, _param: click.Parameter | None,
+                     values: Any) -> dict[str, Any]:
+    """Click callback: repeated `KEY=VALUE` flags as a dict, values typed as YAML (`64` is an int)."""
+    options = {}
+    for item in values or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    return options
 
 
 def to_plain(value: Any) -> Any:

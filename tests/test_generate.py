@@ -215,6 +215,20 @@ def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
     assert result.exit_code == 2 and "unknown key 'batchsize'" in result.output
 
 
+def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
+    out = tmp_path / "ds"
+    run_generate("--n", "2", "--size", "32", "--workers", "0", "--model-option", "resolution=64",
+                 "--out", str(out))
+    manifest = read_manifest(out)
+    assert manifest["generator"]["resolution"] == 64 and manifest["config"]["model_option"] == {"resolution": 64}
+    before = shard_bytes(out)
+    run_generate("--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"))
+    assert shard_bytes(tmp_path / "again") == before
+    result = run_generate("--n", "2", "--model-option", "resolution", "--out", str(tmp_path / "x"),
+                          expect_ok=False)
+    assert result.exit_code == 2 and "'resolution' is not KEY=VALUE" in result.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "biggan-deep-9000"], "unknown model 'biggan-deep-9000'; choose one of: "),
     (["--view", "wobble"], "unknown view 'wobble'; choose one of: gaussian, independent, none"),

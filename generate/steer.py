@@ -1,0 +1,530 @@
+"""`genrep-steer`: learn the steering walks of App. B, so that `--view steer` can use them.
+
+Following Jahanian et al. 2020 ("On the steerability of GANs") as GenRep does, one linear walk w_i
+per pixel-space edit (shift x, shift y, zoom, 2D rotation, 3D rotation, and color with one walk per
+channel) is trained jointly:
+
+    min_w  E_{z, y, alpha} || G(z + sum_i c_i(alpha_i) w_i, y) - T(G(z, y), alpha) ||^2  (valid pixels)
+
+where T composes every edit with its own random step size alpha_i and c_i maps it to the latent
+step (alpha / range; log(alpha) for zoom; alpha itself for color). Defaults are GenRep's
+(utils/biggan_steer_train.py): Adam, lr 1e-3, batch 32, 160k samples, walks initialised N(0, 0.1).
+
+The walk file is a plain `torch.save` dict (tensors, strings, numbers), loadable with
+`weights_only=True`; it names the model and weights hash it was learned for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from genrep.config import config_option, parse_key_values, save_config, to_plain
+from genrep.generate.edits import EDIT_NAMES, EDITS, UNITS, apply_edits, masked_mse
+from genrep.generate.models.base import Generator, build_generator
+from genrep.io import commit_tmp, remove_stale_tmp, tmp_path_for
+from genrep.latents import sample_rng, truncated_normal
+from genrep.registry import RegistryError
+from genrep.weights import genrep_home
+
+WALKS_FORMAT = "genrep-walks"
+WALKS_VERSION = 1
+CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+}
+#: learning-rate factor at step t of T; "cosine" anneals to 0, which quiets the walks' noise at the end
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "constant": lambda step, steps: 1.0,
+    "cosine": lambda step, steps: 0.5 * (1 + math.cos(math.pi * step / steps)),
+}
+# sample_rng streams of the training batches and of the fixed evaluation batch
+_TRAIN_STREAM, _EVAL_STREAM = 1, 2
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class SteerError(ValueError):
+    """Bad input for steering (config, walk file, model mismatch); the message says what to do."""
+
+
+def _range_field(edit: str) -> str:
+    """The SteerConfig field (dashed: the flag) of an edit's range; shift x and y share one."""
+    return ("shift" if edit.startswith("shift") else edit) + "_range"
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """What is learned and how; field names are those of the `genrep-steer` flags."""
+
+    transforms: tuple[str, ...] = EDIT_NAMES
+    shift_range: float = EDITS.get("shift_x").default_range
+    zoom_range: float = EDITS.get("zoom").default_range
+    rotate_2d_range: float = EDITS.get("rotate_2d").default_range
+    rotate_3d_range: float = EDITS.get("rotate_3d").default_range
+    color_range: float = EDITS.get("color").default_range
+    num_samples: int = 160_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    optimizer: str = "adam"
+    init_std: float = 0.1
+    #: anchor truncation; None: the generator's default
+    truncation: float | None = None
+    #: classes to draw y from (conditional models), as `--classes` of genrep-generate; None: all
+    classes: str | None = None
+    seed: int = 0
+    #: size of the fixed batch on which the initial and final losses are measured
+    eval_size: int = 64
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            names = {EDITS.canonical(name) for name in self.transforms}
+        except RegistryError as err:
+            raise SteerError(f"--transforms: {err}") from None
+        if not names:
+            raise SteerError("--transforms needs at least one transformation")
+        object.__setattr__(self, "transforms", tuple(n for n in EDIT_NAMES if n in names))
+        for name, value in self.ranges().items():
+            try:
+                EDITS.get(name).check_range(value)
+            except ValueError as err:
+                raise SteerError(f"--{_range_field(name).replace('_', '-')}: {err}") from None
+        checks = [(self.num_samples >= self.batch_size > 0,
+                   (f"--batch-size must be > 0 and <= --num-samples, got {self.batch_size} and "
+                    f"{self.num_samples}")),
+                  (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+                  (self.lr_schedule in LR_SCHEDULES,
+                   f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
+                  (self.optimizer in OPTIMIZERS,
+                   f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+                  (self.init_std >= 0, f"--init-std must be >= 0, got {self.init_std}"),
+                  (self.truncation is None or self.truncation > 0,
+                   f"--truncation must be > 0, got {self.truncation}"),
+                  (self.eval_size > 0, f"--eval-size must be > 0, got {self.eval_size}")]
+        for ok, message in checks:
+            if not ok:
+                raise SteerError(message)
+
+    def ranges(self) -> dict[str, float]:
+        """Largest step of each edit that is learned (zoom: largest factor)."""
+        return {name: float(getattr(self, _range_field(name))) for name in self.transforms}
+
+    @property
+    def steps(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def as_dict(self) -> dict[str, Any]:
+        return to_plain({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                         if f.name != "extra"})
+
+
+def walk_names(transforms: Sequence[str]) -> list[str]:
+    """The walks of these edits, in composition order (color gives color_r, color_g, color_b)."""
+    return [walk for name in EDIT_NAMES if name in transforms for walk in EDITS.get(name).walks]
+
+
+def draw_alphas(rng: np.random.Generator, n: int,
+                ranges: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """n random step sizes per walk (walk name -> float64 array), for the edits of `ranges`."""
+    alphas = {}
+    for name in EDIT_NAMES:
+        if name in ranges:
+            edit = EDITS.get(name)()
+            drawn = edit.draw(rng, n, ranges[name])
+            alphas.update({walk: drawn[:, j] for j, walk in enumerate(edit.walks)})
+    return alphas
+
+
+def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) -> np.ndarray:
+    """n x num_walks coefficients c_i(alpha_i) of the walks, in `walk_names` order."""
+    columns = []
+    for name in EDIT_NAMES:
+        if name in ranges:
+            edit = EDITS.get(name)()
+            alpha = np.stack([np.asarray(alphas[walk], np.float64) for walk in edit.walks], 1)
+            columns.append(edit.coefficient(alpha, ranges[name]))
+    return np.concatenate(columns, 1)
+
+
+def _device(generator: Generator) -> torch.device:
+    tensor = next(iter(generator.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(generator.buffers()), torch.zeros(0))
+    return tensor.device
+
+
+# ------------------------------------------------------------------------------------ walk files
+
+def cached_walks_path(generator: Generator) -> Path:
+    """Where the auto-learned walks of a generator live: next to the weights cache."""
+    return genrep_home() / "walks" / f"{generator.name}-{generator.weights_sha256[:16]}.pt"
+
+
+def checkpoint_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def config_path(out: str | os.PathLike) -> Path:
+    """The resolved config saved next to a walk file."""
+    return Path(out).with_suffix(".config.yaml")
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = tmp_path_for(path)
+    try:
+        torch.save(obj, tmp)
+        commit_tmp(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive lock tied to `path`, so concurrent processes learn the same cached walks once."""
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _model_mismatch(learned: Mapping[str, Any], generator: Generator) -> str | None:
+    if learned.get("name") != generator.name or \
+            learned.get("weights_sha256") != generator.weights_sha256 or \
+            learned.get("z_dim") != generator.z_dim:
+        return (f"model {learned.get('name')!r} (weights sha256 "
+                f"{str(learned.get('weights_sha256'))[:12]}, z_dim {learned.get('z_dim')})")
+    return None
+
+
+def load_walks(path: str | os.PathLike, generator: Generator | None = None) -> dict[str, Any]:
+    """Read and check a walk file; with `generator`, refuse walks learned for another model."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerError(f"walk file {path} does not exist; learn one with "
+                         f"`genrep-steer --model MODEL --out {path}`")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise SteerError(f"{path} is not a walk file of genrep-steer "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(record, dict) or record.get("format") != WALKS_FORMAT:
+        raise SteerError(f"{path} is not a walk file of genrep-steer (no {WALKS_FORMAT!r} format tag)")
+    if record.get("format_version", 0) > WALKS_VERSION:
+        raise SteerError(f"{path} has walk format version {record['format_version']}; this genrep "
+                         f"reads up to {WALKS_VERSION}: upgrade genrep")
+    walks, ranges = record.get("walks"), record.get("ranges")
+    try:
+        missing = [key for key in ("names", "units", "steps", "loss") if key not in record]
+        if missing or not isinstance(record.get("model"), dict):
+            raise ValueError(f"missing {', '.join(missing) or 'model'}")
+        if not isinstance(ranges, dict) or not isinstance(walks, torch.Tensor) or walks.ndim != 2:
+            raise ValueError("missing walks or ranges")
+        SteerConfig(transforms=tuple(ranges),
+                    **{_range_field(name): value for name, value in ranges.items()})
+        if list(record.get("names", [])) != walk_names(tuple(ranges)) or \
+                walks.shape[0] != len(record["names"]):
+            raise ValueError("walk names do not match the walks")
+    except (ValueError, TypeError) as err:
+        raise SteerError(f"{path} is a damaged walk file ({err}); learn it again with genrep-steer") \
+            from None
+    if generator is not None:
+        learned_for = _model_mismatch(record.get("model", {}), generator)
+        if learned_for is not None:
+            raise SteerError(
+                f"{path} holds walks learned for {learned_for}, not for {generator.name!r} "
+                f"(weights sha256 {generator.weights_sha256[:12]}, z_dim {generator.z_dim}); learn "
+                f"walks for this model with `genrep-steer --model {generator.name} --out FILE`, or "
+                "leave out --walks to learn and cache them"
+            )
+    return record
+
+
+# --------------------------------------------------------------------------------------- training
+
+class _Batches:
+    """Latents, classes and step sizes of training step `step` (a pure function of seed and step)."""
+
+    def __init__(self, generator: Generator, config: SteerConfig) -> None:
+        from genrep.generate.pipeline import resolve_classes
+
+        self.generator, self.config = generator, config
+        self.device = _device(generator)
+        self.ranges = config.ranges()
+        self.truncation = (generator.default_truncation if config.truncation is None
+                           else config.truncation)
+        self.classes = resolve_classes(generator, config.classes)
+
+    def draw(self, seed_index: int, n: int, stream: int):
+        rng = sample_rng(self.config.seed, seed_index, stream)
+        z = truncated_normal(rng, (n, self.generator.z_dim), self.truncation)
+        y = None if self.classes is None else torch.from_numpy(
+            rng.choice(np.asarray(self.classes), n)).to(self.device)
+        alphas = draw_alphas(rng, n, self.ranges)
+        steps = torch.from_numpy(latent_steps(alphas, self.ranges)).float().to(self.device)
+        alphas = {name: torch.from_numpy(value).to(self.device) for name, value in alphas.items()}
+        return torch.from_numpy(z).to(self.device), y, alphas, steps
+
+    @torch.no_grad()
+    def targets(self, z, y, alphas) -> tuple[torch.Tensor, torch.Tensor]:
+        return apply_edits(self.generator(z, y).float(), alphas)
+
+
+def _loss(generator: Generator, walks: torch.Tensor, z, y, steps, target, mask) -> torch.Tensor:
+    return masked_mse(generator(z + steps @ walks, y).float(), target, mask)
+
+
+def _evaluate(generator: Generator, walks: torch.Tensor, batches: _Batches) -> float:
+    """Masked MSE of `walks` on the fixed evaluation batch (in chunks of the batch size)."""
+    z, y, alphas, steps = batches.draw(0, batches.config.eval_size, _EVAL_STREAM)
+    total, count, chunk = 0.0, 0.0, batches.config.batch_size
+    with torch.no_grad():
+        for start in range(0, len(z), chunk):
+            part = slice(start, start + chunk)
+            y_part = None if y is None else y[part]
+            target, mask = batches.targets(z[part], y_part, {k: v[part] for k, v in alphas.items()})
+            valid = float(mask.sum()) * target.shape[1]
+            total += float(_loss(generator, walks, z[part], y_part, steps[part], target, mask)) * valid
+            count += valid
+    return total / max(count, 1.0)
+
+
+def _identity(generator: Generator, config: SteerConfig) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (the budget may grow, unless the learning
+    rate schedule depends on it)."""
+    settings = config.as_dict()
+    if config.lr_schedule == "constant":
+        settings.pop("num_samples")
+    return to_plain({"model": generator.describe(), "config": settings})
+
+
+def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLike, *,
+                resume: bool = True, checkpoint_every: int = 500, progress: bool = True,
+                log: Log = _stderr) -> dict[str, Any]:
+    """Learn the walks of `config` for `generator` and write them atomically to `out`.
+
+    A checkpoint (`<out>.ckpt`) is written every `checkpoint_every` steps and on Ctrl-C; with
+    `resume`, a matching checkpoint is continued, so an interrupted run ends with the same walks.
+    Returns the walk record that was written.
+    """
+    if checkpoint_every <= 0:
+        raise SteerError(f"--checkpoint-every must be > 0, got {checkpoint_every}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batches = _Batches(generator, config)
+    device, names, identity = batches.device, walk_names(config.transforms), _identity(generator, config)
+    init = torch.Generator().manual_seed(config.seed)
+    walks = (torch.randn(len(names), generator.z_dim, generator=init) * config.init_std).to(device)
+    walks.requires_grad_(True)
+    optimizer = OPTIMIZERS[config.optimizer]([walks], lr=config.lr)
+    start, losses, initial = 0, [], None
+
+    ckpt = checkpoint_path(out)
+    if resume and ckpt.exists():
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise SteerError(f"cannot read checkpoint {ckpt} ({type(err).__name__}); delete it or "
+                             "pass --no-resume") from None
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
+            raise SteerError(f"checkpoint {ckpt} was made for another model or config; pass "
+                             "--no-resume to start over (it is then replaced), or another --out")
+        with torch.no_grad():
+            walks.copy_(state["walks"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, initial = state["step"], state["losses"].tolist(), state["initial_loss"]
+        log(f"resuming {out} from step {start} of {config.steps}")
+
+    def save_checkpoint(step: int) -> None:
+        _atomic_save({"format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
+                      "walks": walks.detach().cpu(), "optimizer": optimizer.state_dict(),
+                      "losses": torch.tensor(losses, dtype=torch.float32),
+                      "initial_loss": initial}, ckpt)
+
+    # Gradients flow into the walks through the generator, even if a caller holds inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        if initial is None:
+            initial = _evaluate(generator, walks, batches)
+        bar = tqdm(total=config.steps, initial=min(start, config.steps), unit="step",
+                   disable=not progress, dynamic_ncols=True, desc=f"steer {generator.name}")
+        step = start
+        try:
+            for step in range(start, config.steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * LR_SCHEDULES[config.lr_schedule](step, config.steps)
+                z, y, alphas, steps = batches.draw(step, config.batch_size, _TRAIN_STREAM)
+                target, mask = batches.targets(z, y, alphas)
+                loss = _loss(generator, walks, z, y, steps, target, mask)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                bar.update()
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+                if (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+                    save_checkpoint(step + 1)
+            step = max(start, config.steps)
+        except KeyboardInterrupt:
+            save_checkpoint(len(losses))  # the steps whose update the walks hold
+            log(f"interrupted at step {len(losses)}: checkpoint {ckpt} saved; rerun to resume")
+            raise
+        finally:
+            bar.close()
+        final = _evaluate(generator, walks, batches)
+
+    record = {
+        "format": WALKS_FORMAT,
+        "format_version": WALKS_VERSION,
+        "walks": walks.detach().cpu().float().contiguous(),
+        "names": names,
+        "ranges": config.ranges(),
+        "units": {name: UNITS[name] for name in names},
+        "model": generator.describe(),
+        "config": config.as_dict(),
+        "steps": step,
+        "loss": {"initial": initial, "final": final},
+        "losses": torch.tensor(losses, dtype=torch.float32),
+    }
+    _atomic_save(record, out)
+    save_config(config_path(out), {**config.as_dict(), **config.extra, "out": str(out)})
+    ckpt.unlink(missing_ok=True)
+    log(f"wrote {len(names)} walks for {generator.name} to {out}: masked MSE on the evaluation "
+        f"batch {initial:.4f} (initial walks) -> {final:.4f} after {step} steps")
+    return record
+
+
+#: budget of the walks `--view steer` learns when no --walks is given (the paper's defaults)
+AUTO_LEARN_CONFIG = SteerConfig()
+
+
+def cached_walks(generator: Generator, log: Log = _stderr, progress: bool = True) -> Path:
+    """The cached walk file of `generator`, learned once with `AUTO_LEARN_CONFIG` if missing."""
+    path = cached_walks_path(generator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        if path.exists():
+            log(f"view steer: using the cached walks {path} (learned earlier for this model)")
+            return path
+        remove_stale_tmp(path.parent)
+        config = AUTO_LEARN_CONFIG
+        log(f"view steer: no --walks given, so learning the steering walks of {generator.name} once "
+            f"({config.num_samples} samples, batch {config.batch_size}) and caching them in {path}; "
+            "later runs reuse them")
+        learn_walks(generator, dataclasses.replace(config, extra={"model": generator.name}), path,
+                    progress=progress, log=log)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
+    """`--transforms a,b,c` (or a YAML list) as a tuple of edit names."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    try:
+        return tuple(EDITS.canonical(name) for name in names)
+    except RegistryError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@config_option
+@click.option("--model", default="embedded", help="Generator registry name (see genrep-generate --list).")
+@click.option("--weights", default=None, help="Weights file or folder (default: cache, then download).")
+@click.option("--model-option", multiple=True, callback=parse_key_values, metavar="KEY=VALUE",
+              help="Extra generator option, repeatable.")
+@click.option("--classes", default=None,
+              help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
+                   "models; for the embedded model, K makes it class-conditional with K classes).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Walk file to write [default: the cache $GENREP_HOME/walks/MODEL-HASH.pt that "
+                   "genrep-generate --view steer uses when given no --walks].")
+@click.option("--transforms", default=",".join(EDIT_NAMES), callback=_transform_list,
+              type=click.UNPROCESSED,  # a YAML list reaches the callback as a list
+              help="Comma list of the edits to learn walks for.")
+@click.option("--shift-range", type=float, default=SteerConfig.shift_range,
+              help="Largest shift, as a fraction of the image side.")
+@click.option("--zoom-range", type=float, default=SteerConfig.zoom_range,
+              help="Largest zoom factor R: alpha in [1/R, R], log(alpha) in latent space.")
+@click.option("--rotate-2d-range", type=float, default=SteerConfig.rotate_2d_range,
+              help="Largest 2D rotation in degrees.")
+@click.option("--rotate-3d-range", type=float, default=SteerConfig.rotate_3d_range,
+              help="Largest 3D rotation (about the vertical axis) in degrees.")
+@click.option("--color-range", type=float, default=SteerConfig.color_range,
+              help="Largest offset added to a channel of the [-1, 1] image.")
+@click.option("--num-samples", type=int, default=SteerConfig.num_samples,
+              help="Training latents in all (steps = num-samples / batch-size).")
+@click.option("--batch-size", type=int, default=SteerConfig.batch_size)
+@click.option("--lr", type=float, default=SteerConfig.lr, help="Learning rate.")
+@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=SteerConfig.lr_schedule,
+              help="constant (as GenRep), or cosine annealing to 0 over the run.")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=SteerConfig.optimizer)
+@click.option("--init-std", type=float, default=SteerConfig.init_std,
+              help="Std of the random initial walks.")
+@click.option("--truncation", type=float, default=None,
+              help="Training latents z ~ N_t(0, 1, t) [default: the model's].")
+@click.option("--eval-size", type=int, default=SteerConfig.eval_size,
+              help="Latents of the fixed batch the initial and final losses are measured on.")
+@click.option("--seed", type=int, default=0)
+@click.option("--device", default="cpu", help="torch device, e.g. cuda or cuda:1.")
+@click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
+@click.option("--resume/--no-resume", default=True,
+              help="Continue from the checkpoint OUT.ckpt of an interrupted run.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing walk file.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def main(model: str, weights: str | None, model_option: dict[str, str], device: str,
+         out: str | None, checkpoint_every: int, resume: bool, overwrite: bool, progress: bool,
+         **settings: Any) -> None:
+    """Learn the steering walks (shift, zoom, 2D/3D rotation, color) of a generator (App. B).
+
+    The walk file feeds `genrep-generate --view steer --walks FILE`.
+    """
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:  # torch's message for a device string it does not know
+        raise click.BadParameter(str(err).splitlines()[0], param_hint="--device") from None
+    try:
+        config = SteerConfig(**settings, extra={"model": model, "weights": weights,
+                                                "model_option": model_option, "device": device,
+                                                "checkpoint_every": checkpoint_every})
+        generator = build_generator(model, weights=weights, classes=settings["classes"],
+                                    device=torch_device, **model_option)
+    except TypeError as err:
+        raise click.UsageError(f"bad --model-option for {model!r}: {err}") from None
+    except (RegistryError, ValueError) as err:
+        raise click.UsageError(str(err)) from None
+    path = Path(out) if out else cached_walks_path(generator)
+    if path.exists() and not overwrite:
+        raise click.UsageError(f"{path} exists; pass --overwrite to replace it, or another --out")
+    try:
+        learn_walks(generator, config, path, resume=resume, checkpoint_every=checkpoint_every,
+                    progress=progress, log=log)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+if __name__ == "__main__":
+    main()
