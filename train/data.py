@@ -1,0 +1,392 @@
+"""Streaming training input: shard folders (and real image folders) -> batches of views per rank.
+
+Each epoch, the units of a source (shards with their sample counts from the manifest, or single
+image files) are put in a seeded order that every rank computes alike, and the concatenated sample
+sequence is cut into `ranks x workers` contiguous ranges whose sizes differ by at most one. So
+ranks see disjoint data, any number of shards (even fewer than workers) splits evenly, and no
+stream runs dry: every stream goes on epoch after epoch and the trainer takes the same number of
+batches on every rank, so uneven shards cannot hang DDP. A stream's position is a pure function
+of the training step, so a resumed run skips the raw bytes it already used without decoding them.
+
+Shards are read only through `genrep.manifest` and `genrep.shards` (no globs, no webdataset
+default decoders: nothing in a shard can run code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.datasets import ImageFolder
+
+from genrep.manifest import ManifestError, content_hash, find_dataset, load_dataset
+from genrep.shards import (
+    IMAGE_FORMATS,
+    ShardFormatError,
+    decode_sample,
+    iter_raw_samples,
+)
+from genrep.train.transforms import Transform
+
+#: Side real images are brought to: the paper trains its real-data baselines at 128 px (App. D).
+REAL_IMAGE_SIZE = 128
+
+
+class DataError(ValueError):
+    """Training input that cannot be used; the message says what to do."""
+
+    def __str__(self) -> str:
+        # Raised in a DataLoader worker, the error comes back with the worker's traceback in its
+        # message; keep the one line that says what is wrong.
+        text = super().__str__()
+        if "Original Traceback" in text:
+            last = text.strip().splitlines()[-1]
+            text = last.split(f"{type(self).__name__}: ", 1)[-1]
+        return text
+
+
+class Source:
+    """An ordered list of units (shards or image files), each holding a known number of samples."""
+
+    def __init__(self, name: str, units: Sequence[Path], counts: Sequence[int]) -> None:
+        self.name = name
+        self.units = [Path(u) for u in units]
+        self.counts = np.asarray(counts, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return int(self.counts.sum())
+
+    def stream_length(self, stream: int, streams: int) -> int:
+        """Samples that stream `stream` of `streams` reads per epoch."""
+        return (stream + 1) * self.size // streams - stream * self.size // streams
+
+    def epoch_ranges(self, epoch: int, seed: int, stream: int,
+                     streams: int) -> Iterator[tuple[int, int, int]]:
+        """(unit, start, stop) pieces of the epoch's sample sequence that belong to `stream`."""
+        order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(self.units))
+        counts = self.counts[order]
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        lo, hi = stream * self.size // streams, (stream + 1) * self.size // streams
+        for i in range(int(np.searchsorted(ends, lo, side="right")), len(order)):
+            if starts[i] >= hi:
+                break
+            begin, end = max(lo, starts[i]), min(hi, ends[i])
+            if end > begin:
+                yield int(order[i]), int(begin - starts[i]), int(end - starts[i])
+
+    def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class ShardSource(Source):
+    """The shards of one or more genrep datasets, concatenated."""
+
+    def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        path = self.units[unit]
+        tag = f"{path.parent.name}/{path.name}"
+        try:
+            for raw in itertools.islice(iter_raw_samples(path), start, stop):
+                raw["__uid__"] = f"{tag}:{raw.get('__key__')}"
+                yield raw
+        except (OSError, ValueError) as err:  # a truncated or damaged tar
+            yield {"__url__": str(path), "__uid__": f"{tag}:?", "__error__": f"unreadable ({err})"}
+
+
+class ImageFileSource(Source):
+    """A real image folder in ImageFolder layout (class sub-folders), one unit per file."""
+
+    def __init__(self, root: Path, files: list[tuple[str, int]], classes: list[str]) -> None:
+        super().__init__(root.name, [f for f, _ in files], [1] * len(files))
+        self.root = root
+        self.labels = [label for _, label in files]
+        self.classes = classes
+
+    def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        path = self.units[unit]
+        yield {"__url__": str(path), "__uid__": str(path.relative_to(self.root)),
+               "__key__": path.stem, "label": self.labels[unit]}
+
+
+@dataclass
+class DatasetInfo:
+    """What the objectives and the trainer need to know about the training input."""
+
+    name: str
+    #: samples in one epoch (the real folder's size when real images are used, App. F)
+    epoch_size: int
+    image_size: int
+    #: neighbor views stored per anchor (0: view `none` or real images)
+    neighbors: int
+    #: latent size when every sample carries its generator latent z, else None
+    z_dim: int | None
+    #: class ids of the labels (index = training label), None when the input has no usable labels
+    classes: list[int] | list[str] | None
+    manifest_hash: str | None
+    sources: list[Source]
+    real_fraction: float | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else 0
+
+
+def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict[str, Any]]:
+    """Shards of the dataset folders (via their manifests) and what they hold in common."""
+    paths, counts, manifests, names = [], [], [], []
+    for folder in folders:
+        try:
+            manifest, shard_paths = load_dataset(folder)
+            names.append(find_dataset(folder).resolve().name)
+        except ManifestError as err:
+            raise DataError(str(err)) from None
+        manifests.append(manifest)
+        paths += shard_paths
+        counts += [int(entry["samples"]) for entry in manifest["shards"]]
+    z_dims = {m["generator"]["z_dim"] for m in manifests}
+    conditional = {m["generator"]["num_classes"] > 0 for m in manifests}
+    classes = None
+    if conditional == {True}:
+        classes = sorted({int(c) for m in manifests
+                          for c in (m.get("classes") or range(m["generator"]["num_classes"]))})
+    hashes = [content_hash(m) for m in manifests]
+    summary = {
+        "name": "+".join(names),
+        "size": sum(counts),
+        "image_size": max(int(m["image"]["size"]) for m in manifests),
+        "neighbors": min(int(m.get("neighbors") or 0) for m in manifests),
+        "z_dim": z_dims.pop() if len(z_dims) == 1 else None,
+        "classes": classes,
+        "manifest_hash": hashes[0] if len(hashes) == 1
+        else hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
+    }
+    return ShardSource(summary["name"], paths, counts), summary
+
+
+def open_image_folder(root: str | Path) -> ImageFileSource:
+    """The images of an ImageFolder-layout folder (listing only; nothing is decoded here)."""
+    root = Path(root)
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, OSError) as err:
+        raise DataError(f"--real {root}: {err}; pass a folder with one sub-folder of images "
+                        "per class") from None
+    return ImageFileSource(root, folder.samples, folder.classes)
+
+
+def open_data(shard_folders: Sequence[str | Path], real: str | Path | None,
+              real_fraction: float | None) -> DatasetInfo:
+    """Open the training input named on the command line, checking the combination makes sense."""
+    if not shard_folders and real is None:
+        raise DataError("pass one or more shard folders made by genrep-generate, or --real DIR")
+    if shard_folders and real is not None and real_fraction is None:
+        raise DataError("--real with shard folders mixes both: pass --real-fraction P (App. F)")
+    if real_fraction is not None:
+        if not (shard_folders and real is not None):
+            raise DataError("--real-fraction needs both shard folders and --real DIR")
+        if not 0 < real_fraction < 1:
+            raise DataError(f"--real-fraction must be in (0, 1), got {real_fraction}")
+    sources: list[Source] = []
+    summary: dict[str, Any] = {}
+    if shard_folders:
+        shards, summary = open_shard_folders(shard_folders)
+        sources.append(shards)
+    if real is None:
+        return DatasetInfo(summary["name"], summary["size"], summary["image_size"],
+                           summary["neighbors"], summary["z_dim"], summary["classes"],
+                           summary["manifest_hash"], sources)
+    images = open_image_folder(real)
+    sources.append(images)
+    if not shard_folders:
+        return DatasetInfo(images.name, images.size, REAL_IMAGE_SIZE, 0, None, images.classes,
+                           None, sources)
+    # A mix: real images have no latents, and their labels are not the generator's classes.
+    return DatasetInfo(f"{summary['name']}+{images.name}", images.size, summary["image_size"], 0,
+                       None, None, summary["manifest_hash"], sources, real_fraction)
+
+
+@dataclass
+class ViewSpec:
+    """How a sample becomes training views: how many, which Tx, which targets."""
+
+    views: int
+    transform: Transform
+    neighbors: int
+    needs_latents: bool
+    needs_labels: bool
+    #: class id -> training label, for shard labels
+    label_index: dict[int, int] | None
+    strict: bool
+    seed: int
+
+
+def sample_seed(seed: int, epoch: int, uid: str) -> int:
+    """Seed of a sample's Tx in an epoch: augmentations do not depend on workers or order."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{uid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def batches_before(step: int, worker: int, workers: int) -> int:
+    """Batches that DataLoader worker `worker` delivered in the first `step` steps (round robin)."""
+    return max(0, (step - worker + workers - 1) // workers)
+
+
+class TrainingStream(IterableDataset):
+    """The endless sample stream of one rank; DataLoader workers split it further.
+
+    Samples are dicts: `images` (views x 3 x H x W), `label` (-1 when unused), `latents`
+    (views x z_dim, for objectives that need them), `key` (shard and sample), and `skipped` (bad
+    samples dropped just before this one, so the trainer can count them).
+    """
+
+    def __init__(self, info: DatasetInfo, spec: ViewSpec, rank: int, world: int,
+                 batch_size: int, start_step: int, shuffle_buffer: int) -> None:
+        super().__init__()
+        self.info, self.spec = info, spec
+        self.rank, self.world = rank, world
+        self.batch_size, self.start_step = batch_size, start_step
+        self.shuffle_buffer = shuffle_buffer
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = get_worker_info()
+        index, workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        stream, streams = self.rank * workers + index, self.world * workers
+        done = batches_before(self.start_step, index, workers) * self.batch_size
+        pipeline = wds.DataPipeline(lambda: self._raw(stream, streams, done), self._examples)
+        return iter(pipeline)
+
+    def _source_stream(self, source: Source, stream: int, streams: int,
+                       skip: int) -> Iterator[dict[str, Any]]:
+        """Raw samples of `source` for `stream`, epoch after epoch, from position `skip` on."""
+        epoch, offset = divmod(skip, source.stream_length(stream, streams))
+        while True:
+            raws = itertools.chain.from_iterable(
+                source.read(*piece)
+                for piece in source.epoch_ranges(epoch, self.spec.seed, stream, streams))
+            if self.shuffle_buffer > 1:
+                rng = random.Random(sample_seed(self.spec.seed, epoch, f"shuffle:{stream}"))
+                raws = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(raws)
+            for raw in itertools.islice(raws, offset, None):
+                raw["__epoch__"] = epoch
+                yield raw
+            offset = 0
+            epoch += 1
+
+    def _raw(self, stream: int, streams: int, skip: int) -> Iterator[dict[str, Any]]:
+        sources = self.info.sources
+        if len(sources) == 1:
+            yield from self._source_stream(sources[0], stream, streams, skip)
+            return
+        # Shards mixed with real images: position i is real iff floor((i+1)p) > floor(ip), so
+        # any prefix holds the fraction p of real samples and both positions follow from `skip`.
+        p = Fraction(self.info.real_fraction).limit_denominator(10_000)
+        real_done = skip * p.numerator // p.denominator
+        generated = self._source_stream(sources[0], stream, streams, skip - real_done)
+        real = self._source_stream(sources[1], stream, streams, real_done)
+        for i in itertools.count(skip):
+            is_real = (i + 1) * p.numerator // p.denominator > i * p.numerator // p.denominator
+            yield next(real) if is_real else next(generated)
+
+    def _examples(self, raws: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        skipped = 0
+        for raw in raws:
+            try:
+                example = self._example(raw)
+            except ShardFormatError as err:
+                if self.spec.strict:
+                    raise DataError(f"{raw.get('__url__')}: {err} (drop --strict to skip such "
+                                    "samples)") from None
+                skipped += 1
+                continue
+            example["skipped"] = skipped
+            skipped = 0
+            yield example
+
+    def _example(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Decode one raw sample into its views; ShardFormatError if it lacks what is needed."""
+        spec = self.spec
+        if "__error__" in raw:
+            raise ShardFormatError(raw["__error__"])
+        seed = sample_seed(spec.seed, raw["__epoch__"], raw["__uid__"])
+        latents = None
+        if "label" in raw:  # a real image file
+            try:
+                with Image.open(raw["__url__"]) as image:
+                    image = image.convert("RGB")
+            except Exception as err:  # unreadable files surface as many exception types
+                raise ShardFormatError(f"image {raw['__uid__']}: undecodable ({err})") from None
+            images, label = [image] * spec.views, raw["label"]
+        else:
+            images, latents, label = self._shard_views(raw, random.Random(seed))
+        example: dict[str, Any] = {"key": raw["__uid__"], "label": -1}
+        if spec.needs_labels:
+            example["label"] = label
+        if spec.needs_latents:
+            example["latents"] = torch.from_numpy(np.stack(latents)).float()
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            example["images"] = torch.stack([spec.transform(image) for image in images])
+        return example
+
+    def _shard_views(self, raw: dict[str, Any], rng: random.Random) -> tuple[
+            list[Image.Image], list[np.ndarray], int]:
+        """The anchor and V-1 of its K neighbors (or V copies of the anchor when K = 0).
+
+        The neighbors are picked before decoding, and only the members that training uses are
+        handed to `decode_sample`, so unused views, latents and metadata cost nothing.
+        """
+        spec = self.spec
+        chosen = sorted(rng.sample(range(spec.neighbors), spec.views - 1)) if spec.neighbors else []
+        used = ("anchor.",) + (("cls",) if spec.needs_labels else ()) \
+            + (("latent.npy", "neighbor_latent.npy") if spec.needs_latents else ())
+        members = {name: value for name, value in raw.items() if name.startswith(used)}
+        members["__key__"] = raw.get("__key__")
+        for i, j in enumerate(chosen):
+            name = next((f"neighbor_{j}.{ext}" for ext in IMAGE_FORMATS
+                         if f"neighbor_{j}.{ext}" in raw), None)
+            if name is None:
+                raise ShardFormatError(f"sample {raw.get('__key__')}: neighbor view {j} is missing")
+            members[f"neighbor_{i}.{name.rsplit('.', 1)[1]}"] = raw[name]
+        sample = decode_sample(members)
+        label = -1
+        if spec.needs_labels:
+            if sample.label is None or sample.label not in (spec.label_index or {}):
+                raise ShardFormatError(f"sample {sample.key}: lacks a known class label")
+            label = spec.label_index[sample.label]
+        latents: list[np.ndarray] = []
+        if spec.needs_latents:
+            if sample.latent is None or (chosen and (
+                    sample.neighbor_latents is None
+                    or sample.neighbor_latents.shape[0] <= chosen[-1])):
+                raise ShardFormatError(f"sample {sample.key}: lacks its latents")
+            latents = [sample.latent] + [sample.neighbor_latents[j] for j in chosen]
+        if not spec.neighbors:
+            return [sample.anchor] * spec.views, [sample.latent] * spec.views, label
+        return [sample.anchor, *sample.neighbors], latents, label
+
+
+def check_stream_sizes(info: DatasetInfo, world: int, workers: int, batch_size: int) -> int:
+    """DataLoader workers per rank that the data supports (each stream needs samples)."""
+    smallest = min(source.size for source in info.sources)
+    if smallest < world:
+        raise DataError(f"the training data has {smallest} samples, fewer than the {world} ranks")
+    if info.epoch_size < batch_size:
+        raise DataError(f"the training data has {info.epoch_size} samples, fewer than one batch "
+                        f"({batch_size}); lower --batch-size")
+    return min(workers, smallest // world)
+
+
+def steps_per_epoch(info: DatasetInfo, batch_size: int) -> int:
+    return max(1, math.floor(info.epoch_size / batch_size))

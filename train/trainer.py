@@ -1,0 +1,417 @@
+"""The training loop of `genrep-train`: resolve the config, (re)start, step, log, checkpoint.
+
+Every rank runs exactly `total_steps` steps (the data streams never run dry), so uneven shards
+cannot leave a rank waiting in a collective. A run folder holds everything a run makes; rerunning
+the same command continues from its `checkpoint.pt` (model, optimizer, schedule, RNG and the data
+position, which follows from the step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from genrep.config import save_config, to_plain
+from genrep.io import atomic_write_bytes, remove_stale_tmp
+from genrep.train.checkpoint import (
+    BACKBONE,
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CONFIG,
+    LOG,
+    TENSORBOARD,
+    atomic_torch_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from genrep.train.data import (
+    DatasetInfo,
+    TrainingStream,
+    ViewSpec,
+    check_stream_sizes,
+    open_data,
+    steps_per_epoch,
+)
+from genrep.train.model import TrainModel, backbone_state, build_backbone
+from genrep.train.objectives import OBJECTIVES, Objective
+from genrep.train.transforms import build_recipe, normalize
+
+#: the batch size at which --lr is given; the lr used scales linearly with the global batch
+LR_REFERENCE_BATCH = 256
+DEFAULT_EPOCHS = 20
+#: the cosine schedule ends at this fraction of the peak lr (eta_min of the released code)
+FINAL_LR_FRACTION = 1e-3
+#: options that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = frozenset({"workers", "device", "precision", "checkpoint_every", "log_every",
+                               "progress", "strict", "shards", "real", "out", "world_size",
+                               "local_batch_size"})
+PRECISIONS = ("auto", "bf16", "fp32")
+
+StepHook = Callable[[int, dict[str, Any]], None]
+
+
+class TrainError(ValueError):
+    """A training run that cannot start as asked; the message says what to do."""
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Rank and device from torchrun's environment; joins the process group when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    target = torch.device(device)
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {device}: no CUDA device is visible; use --device cpu")
+        if target.index is None:
+            target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return Distributed(rank, world, local_rank, target)
+
+
+class CosineSchedule:
+    """Linear warmup, then cosine decay from the peak lr to FINAL_LR_FRACTION of it."""
+
+    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0) -> None:
+        self.peak_lr, self.total_steps, self.warmup_steps = peak_lr, total_steps, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        final = self.peak_lr * FINAL_LR_FRACTION
+        return final + (self.peak_lr - final) * (1 + math.cos(math.pi * min(1.0, progress))) / 2
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": "cosine", "peak_lr": self.peak_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final_lr_fraction": FINAL_LR_FRACTION}
+
+
+def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str, Any]:
+    """The full training config: options with every default filled in from the data."""
+    objective = OBJECTIVES.get(options["objective"])
+    objective.check(info)
+    config = dict(options)
+    config["objective"] = objective.name
+    k = info.neighbors
+    views = options.get("views") or objective.default_views or (k + 1 if k else 2)
+    if views < 1:
+        raise TrainError(f"--views must be >= 1, got {views}")
+    if k and views > k + 1:
+        raise TrainError(f"--views {views} needs {views - 1} neighbor views per anchor; "
+                         f"{info.name} stores {k}: pass --views {k + 1} or fewer")
+    if objective.name == "simclr" and views < 2:
+        raise TrainError("simclr contrasts two or more views of a sample: pass --views 2 or more")
+    augment = objective.default_augment if options.get("augment") is None else options["augment"]
+    if objective.contrastive and not augment and k == 0:
+        raise TrainError(
+            f"with --no-augment the views of {info.name} would be identical copies (it has no "
+            "latent neighbor views): drop --no-augment, or train on a dataset made with a view")
+    recipe = build_recipe(options["tx"])
+    input_size = options.get("input_size") or recipe.default_input_size(info.image_size)
+    batch = options["batch_size"]
+    if batch % world:
+        raise TrainError(f"--batch-size {batch} (global) must be divisible by the {world} ranks")
+    if objective.contrastive and batch < 2:
+        raise TrainError("contrastive objectives need --batch-size 2 or more (in-batch negatives)")
+    if options.get("epochs") is not None and options.get("steps") is not None:
+        raise TrainError("pass --epochs or --steps, not both")
+    per_epoch = steps_per_epoch(info, batch)
+    epochs = options.get("epochs") or DEFAULT_EPOCHS
+    total = options.get("steps") or epochs * per_epoch
+    if options["precision"] not in PRECISIONS:
+        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    config.update(
+        views=views, augment=augment, input_size=input_size, steps=total,
+        epochs=None if options.get("steps") else epochs, steps_per_epoch=per_epoch,
+        lr_scaled=options["lr"] * batch / LR_REFERENCE_BATCH, world_size=world,
+        local_batch_size=batch // world,
+        dataset={"name": info.name, "epoch_size": info.epoch_size, "image_size": info.image_size,
+                 "neighbors": k, "z_dim": info.z_dim, "classes": info.classes,
+                 "real_fraction": info.real_fraction},
+        manifest_hash=info.manifest_hash,
+        out=str(options.get("out") or Path("runs") / f"{info.name}-{objective.name}"),
+    )
+    return to_plain(config)
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Settings that differ between a saved run and this command (ignoring resumable ones)."""
+    keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
+    return sorted(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+                  for key in keys if saved.get(key) != current.get(key))
+
+
+class RunLog:
+    """JSONL and TensorBoard scalars of rank 0; a resumed run drops records past its checkpoint."""
+
+    def __init__(self, out: Path, start_step: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out / LOG
+        self.writer = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.path.exists():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if record.get("step", 0) <= start_step:
+                    kept.append(line + "\n")
+            atomic_write_bytes(self.path, "".join(kept).encode())
+        self.writer = SummaryWriter(str(out / TENSORBOARD),
+                                    purge_step=start_step + 1 if start_step else None)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")
+        for key, value in values.items():
+            self.writer.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _checkpoint(path: Path, model: TrainModel, optimizer: torch.optim.Optimizer,
+                schedule: CosineSchedule, config: dict[str, Any], step: int,
+                skipped: int) -> None:
+    backbone = backbone_state(model.backbone)
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "step": step, "epoch": step / config["steps_per_epoch"],
+        "config": config, "manifest_hash": config["manifest_hash"],
+        "backbone": backbone,
+        "objective": {k: v.detach().cpu() for k, v in model.objective.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+        "rng": rng_state(), "skipped_samples": skipped,
+    }, path / CHECKPOINT)
+    atomic_torch_save(backbone, path / BACKBONE)
+
+
+def _resume(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run folder's checkpoint if it belongs to this command; refuses a different run."""
+    if not (out / CHECKPOINT).exists():
+        return None
+    checkpoint = load_checkpoint(out / CHECKPOINT)
+    changes = config_changes(checkpoint["config"], config)
+    if changes:
+        raise TrainError(f"{out} holds a run with other settings ({'; '.join(changes)}); rerun "
+                         "with its settings to resume it, or pass another --out")
+    return checkpoint
+
+
+def _check_same_start(start: int, out: Path, device: torch.device) -> None:
+    """Every rank must resume from the same checkpoint, or their steps and optimizers diverge."""
+    low = torch.tensor(start, device=device)
+    high = low.clone()
+    dist.all_reduce(low, dist.ReduceOp.MIN)
+    dist.all_reduce(high, dist.ReduceOp.MAX)
+    if low != high:
+        raise TrainError(f"the ranks see different checkpoints in {out} (steps {int(low)} to "
+                         f"{int(high)}): put --out on a filesystem that every node shares")
+
+
+def _mean_across_ranks(values: dict[str, torch.Tensor], device: torch.device,
+                       distributed: bool) -> dict[str, float]:
+    names = sorted(values)
+    stacked = torch.stack([values[name].float().to(device) for name in names])
+    if distributed:
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist()))
+
+
+def train(options: dict[str, Any], hooks: Sequence[StepHook] = (),
+          log: Callable[[str], None] = print) -> Path:
+    """Train as `options` (the CLI's flags) say; returns the run folder."""
+    env = setup_distributed(options["device"])
+    distributed = env.world > 1
+    try:
+        return _train(options, env, distributed, hooks, log if env.main else (lambda _m: None))
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(options: dict[str, Any], env: Distributed, distributed: bool,
+           hooks: Sequence[StepHook], log: Callable[[str], None]) -> Path:
+    info = open_data(options["shards"], options.get("real"), options.get("real_fraction"))
+    config = resolve(options, info, env.world)
+    workers = check_stream_sizes(info, env.world, options["workers"], options["batch_size"])
+    if workers < options["workers"]:
+        log(f"note: {info.name} is small; using {workers} DataLoader workers per rank")
+    out = Path(config["out"])
+    checkpoint = _resume(out, config)
+    start = int(checkpoint["step"]) if checkpoint else 0
+    if distributed:
+        _check_same_start(start, out, env.device)
+    total = config["steps"]
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out)
+        save_config(out / CONFIG, config)
+    if checkpoint and start >= total:
+        if env.main and not (out / BACKBONE).exists():
+            atomic_torch_save(checkpoint["backbone"], out / BACKBONE)
+        log(f"{out} is already trained ({start} steps); nothing to do")
+        return out
+
+    model = _build_model(config, info, env.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr_scaled"],
+                                momentum=config["momentum"], weight_decay=config["weight_decay"])
+    schedule = CosineSchedule(config["lr_scaled"], total, config["warmup_steps"])
+    skipped_total = 0
+    if checkpoint:
+        model.backbone.load_state_dict(checkpoint["backbone"])
+        model.objective.load_state_dict(checkpoint["objective"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        skipped_total = int(checkpoint.get("skipped_samples", 0))
+        log(f"resuming {out} at step {start}/{total}")
+    cuda = env.device.type == "cuda"
+    wrapped = DistributedDataParallel(model, device_ids=[env.device] if cuda else None) \
+        if distributed else model
+    loader = _loader(config, info, env, start, workers)
+
+    precision = config["precision"]
+    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    autocast = partial(torch.autocast, env.device.type, dtype=torch.bfloat16) if bf16 \
+        else nullcontext
+    run_log = RunLog(out, start, env.main)
+    views = config["views"]
+    images_per_step = config["batch_size"] * views
+    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
+               disable=not (env.main and config["progress"]))
+    pending: dict[str, list[torch.Tensor]] = {}
+    skipped_recent = torch.zeros((), dtype=torch.long)
+    window_start, window_steps = time.perf_counter(), 0
+    model.train()
+    batches = iter(loader)
+    try:
+        for step in range(start, total):
+            batch = next(batches)
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = normalize(batch["images"].to(env.device, non_blocking=True).flatten(0, 1))
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = {"views": views, **{key: batch[key].to(env.device, non_blocking=True)
+                                          for key in ("label", "latents") if key in batch}}
+            with autocast():
+                loss, metrics = wrapped(images, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done = step + 1
+            for name, value in {"loss": loss.detach(), **metrics}.items():
+                pending.setdefault(name, []).append(value)
+            skipped_recent += batch["skipped"].sum()
+            window_steps += 1
+            bar.update(1)
+            for hook in hooks:
+                hook(done, batch)
+            if done % config["log_every"] == 0 or done == total:
+                values = _mean_across_ranks(
+                    {name: torch.stack(v).mean() for name, v in pending.items()}, env.device,
+                    distributed)
+                skipped = skipped_recent.to(env.device)
+                if distributed:
+                    dist.all_reduce(skipped)
+                skipped_total += int(skipped)
+                if not math.isfinite(values["loss"]):
+                    raise TrainError(f"the loss is {values['loss']} at step {done}: lower --lr "
+                                     "(or add --warmup-steps) and rerun with another --out")
+                elapsed = time.perf_counter() - window_start
+                rate = images_per_step * window_steps / max(elapsed, 1e-9)
+                values.update(lr=lr, epoch=done / config["steps_per_epoch"], images_per_s=rate,
+                              skipped_samples=skipped_total)
+                run_log.write(done, values)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+                pending.clear()
+                skipped_recent.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if env.main and (done % config["checkpoint_every"] == 0 or done == total):
+                _checkpoint(out, model, optimizer, schedule, config, done, skipped_total)
+    finally:
+        bar.close()
+        run_log.close()
+        del batches
+    if skipped_total:
+        log(f"skipped {skipped_total} samples with a missing or undecodable view "
+            "(--strict makes them an error)")
+    log(f"trained {total} steps; backbone: {out / BACKBONE}")
+    if distributed:
+        dist.barrier()
+    return out
+
+
+def _build_model(config: dict[str, Any], info: DatasetInfo, device: torch.device) -> TrainModel:
+    """Backbone + objective head, initialised alike on every rank (seeded)."""
+    torch.manual_seed(config["seed"])
+    backbone = build_backbone(config["arch"])
+    objective: Objective = OBJECTIVES.get(config["objective"])(
+        backbone.feature_dim, info, projection_dim=config["projection_dim"],
+        temperature=config["temperature"])
+    model = TrainModel(backbone, objective).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
+def _loader(config: dict[str, Any], info: DatasetInfo, env: Distributed, start: int,
+            workers: int) -> DataLoader:
+    """This rank's DataLoader, positioned at step `start`."""
+    objective = OBJECTIVES.get(config["objective"])
+    recipe = build_recipe(config["tx"])
+    spec = ViewSpec(
+        views=config["views"],
+        transform=(recipe.augment(config["input_size"]) if config["augment"]
+                   else recipe.plain(config["input_size"], info.image_size)),
+        neighbors=info.neighbors, needs_latents=objective.needs_latents,
+        needs_labels=objective.uses_labels(info),
+        label_index={c: i for i, c in enumerate(info.classes)} if info.classes else None,
+        strict=config["strict"], seed=config["seed"])
+    stream = TrainingStream(info, spec, env.rank, env.world, config["local_batch_size"], start,
+                            config["shuffle_buffer"])
+    return DataLoader(stream, batch_size=config["local_batch_size"], num_workers=workers,
+                      pin_memory=env.device.type == "cuda")
