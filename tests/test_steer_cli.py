@@ -49,7 +49,7 @@ def walks_file(tmp_path_factory):
     """Walks learned by the CLI (32 px images through a YAML config, 4 steps of 4 latents)."""
     folder = tmp_path_factory.mktemp("steer-cli")
     config = folder / "steer.yaml"
-    config.write_text(yaml.safe_dump({"model_option": ["resolution=32"], "num_samples": 16,
+    config.write_text(yaml.safe_dump({"model_option": {"resolution": 32}, "num_samples": 16,
                                       "batch_size": 4, "eval_size": 4, "lr": 0.03}))
     out = folder / "walks.pt"
     result = steer_cli("--config", config, "--out", out)
@@ -62,7 +62,7 @@ def test_cli_writes_walks_and_config_and_refuses_to_overwrite(walks_file):
     record = torch.load(walks_file, weights_only=True)
     assert record["steps"] == 4 and record["config"]["batch_size"] == 4
     saved = yaml.safe_load(walks_file.with_suffix(".config.yaml").read_text())
-    assert saved["model_option"] == ["resolution=32"] and saved["out"] == str(walks_file)
+    assert saved["model_option"] == {"resolution": 32} and saved["out"] == str(walks_file)
     result = steer_cli("--out", walks_file)
     assert result.exit_code == 2 and "exists; pass --overwrite" in result.output
     assert sha256_file(walks_file) == sha256_file(walks_file)  # untouched
