@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -26,12 +26,23 @@ def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None
     return bounds
 
 
+def generator_options(command: Callable) -> Callable:
+    """The flags that pick and build a generator, shared by every command that runs one."""
+    for decorate in reversed([
+        click.option("--model", default="embedded",
+                     help="Generator registry name (see genrep-generate --list)."),
+        click.option("--weights", default=None,
+                     help="Weights file or folder (default: cache, then download)."),
+        click.option("--model-option", multiple=True, callback=parse_key_values, metavar="KEY=VALUE",
+                     help="Extra generator option, repeatable (e.g. truncation_psi=0.9)."),
+    ]):
+        command = decorate(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @config_option
-@click.option("--model", default="embedded", help="Generator registry name (see genrep-generate --list).")
-@click.option("--weights", default=None, help="Weights file or folder (default: cache, then download).")
-@click.option("--model-option", multiple=True, callback=parse_key_values, metavar="KEY=VALUE",
-              help="Extra generator option, repeatable (e.g. truncation_psi=0.9).")
+@generator_options
 @click.option("--view", default="gaussian", help="Latent view Tz: none, gaussian, independent, steer.")
 @click.option("--walks", default=None, help="Walk file of genrep-steer (view steer).")
 @click.option("--n", type=int, default=None, help="Number of anchors.")

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from genrep.config import config_option, parse_key_values, save_config, to_plain
+from genrep.config import config_option, save_config, to_plain
+from genrep.generate.cli import generator_options
 from genrep.generate.edits import EDIT_NAMES, EDITS, UNITS, apply_edits, masked_mse
 from genrep.generate.models.base import Generator, build_generator
-from genrep.io import commit_tmp, remove_stale_tmp, tmp_path_for
+from genrep.io import atomic_torch_save, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
 from genrep.registry import RegistryError
 from genrep.weights import genrep_home
@@ -186,15 +187,6 @@ def checkpoint_path(out: str | os.PathLike) -> Path:
 def config_path(out: str | os.PathLike) -> Path:
     """The resolved config saved next to a walk file."""
     return Path(out).with_suffix(".config.yaml")
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = tmp_path_for(path)
-    try:
-        torch.save(obj, tmp)
-        commit_tmp(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -356,7 +348,7 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
         log(f"resuming {out} from step {start} of {config.steps}")
 
     def save_checkpoint(step: int) -> None:
-        _atomic_save({"format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
                       "walks": walks.detach().cpu(), "optimizer": optimizer.state_dict(),
                       "losses": torch.tensor(losses, dtype=torch.float32),
                       "initial_loss": initial}, ckpt)
@@ -405,7 +397,7 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
         "loss": {"initial": initial, "final": final},
         "losses": torch.tensor(losses, dtype=torch.float32),
     }
-    _atomic_save(record, out)
+    atomic_torch_save(record, out)
     save_config(config_path(out), {**config.as_dict(), **config.extra, "out": str(out)})
     ckpt.unlink(missing_ok=True)
     log(f"wrote {len(names)} walks for {generator.name} to {out}: masked MSE on the evaluation "
@@ -449,10 +441,7 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @config_option
-@click.option("--model", default="embedded", help="Generator registry name (see genrep-generate --list).")
-@click.option("--weights", default=None, help="Weights file or folder (default: cache, then download).")
-@click.option("--model-option", multiple=True, callback=parse_key_values, metavar="KEY=VALUE",
-              help="Extra generator option, repeatable.")
+@generator_options
 @click.option("--classes", default=None,
               help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
                    "models; for the embedded model, K makes it class-conditional with K classes).")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -63,6 +64,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     tmp = tmp_path_for(path)
     try:
         tmp.write_bytes(data)
+        commit_tmp(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` that leaves either the complete new file or the old one, never a partial one."""
+    import torch  # here, so that importing genrep.io stays cheap
+
+    tmp = tmp_path_for(path)
+    try:
+        torch.save(obj, tmp)
         commit_tmp(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from genrep.io import commit_tmp, tmp_path_for
+from genrep.io import atomic_torch_save
 from genrep.train.model import build_backbone
 
 CHECKPOINT = "checkpoint.pt"
@@ -27,15 +27,6 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A file that is not a usable genrep training checkpoint."""
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    tmp = tmp_path_for(path)
-    try:
-        torch.save(obj, tmp)
-        commit_tmp(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from genrep.config import save_config, to_plain
-from genrep.io import atomic_write_bytes, remove_stale_tmp
+from genrep.io import atomic_torch_save, atomic_write_bytes, remove_stale_tmp
 from genrep.train.checkpoint import (
     BACKBONE,
     CHECKPOINT,
@@ -34,7 +34,6 @@ from genrep.train.checkpoint import (
     CONFIG,
     LOG,
     TENSORBOARD,
-    atomic_torch_save,
     load_checkpoint,
     rng_state,
     set_rng_state,
