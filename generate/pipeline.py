@@ -238,7 +238,7 @@ class ShardGenerator:
             raise GenerateError(f"--workers must be >= 0, got {workers}")
         self.plan, self.batch_size, self.workers = plan, batch_size, workers
         self.progress, self.on_shard = progress, on_shard
-        self.device = next(iter(plan.generator.buffers()), torch.zeros(0)).device
+        self.device = plan.generator.device
         self.autocast_dtype = PRECISIONS[plan.precision]
 
     def run(self, shards: Sequence[int]) -> int:

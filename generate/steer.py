@@ -165,13 +165,6 @@ def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) 
     return np.concatenate(columns, 1)
 
 
-def _device(generator: Generator) -> torch.device:
-    tensor = next(iter(generator.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(generator.buffers()), torch.zeros(0))
-    return tensor.device
-
-
 # ------------------------------------------------------------------------------------ walk files
 
 def cached_walks_path(generator: Generator) -> Path:
@@ -261,7 +254,7 @@ class _Batches:
         from genrep.generate.pipeline import resolve_classes
 
         self.generator, self.config = generator, config
-        self.device = _device(generator)
+        self.device = generator.device
         self.ranges = config.ranges()
         self.truncation = (generator.default_truncation if config.truncation is None
                            else config.truncation)

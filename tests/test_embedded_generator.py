@@ -102,3 +102,18 @@ def test_part_of_z_sets_colors(generator):
         assert change[channel] > 0.5 * 0.3 * COLOR_PER_UNIT
         others = [c for c in range(3) if c != channel]
         assert change[others].abs().max() < 0.5 * change[channel]
+
+
+def test_device_is_where_parameters_or_buffers_live(generator):
+    """The pipeline sends latents to `generator.device`: right for parameter-only networks too."""
+    from torch import nn
+
+    from genrep.generate.models import Generator
+
+    class ParametersOnly(Generator):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1, device="meta"))
+
+    assert ParametersOnly().device.type == "meta"
+    assert generator.device == torch.device("cpu")

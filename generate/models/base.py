@@ -42,6 +42,14 @@ class Generator(nn.Module):
         return self.num_classes > 0
 
     @property
+    def device(self) -> torch.device:
+        """Where the generator's tensors live: where its inputs must go."""
+        tensor = next(iter(self.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.buffers()), torch.zeros(0))
+        return tensor.device
+
+    @property
     def default_sigma(self) -> float:
         """Std of the gaussian view: 0.2 unconditional, 1.0 class-conditional (paper, Sec. 3.3.1, C.2.1)."""
         return 1.0 if self.conditional else 0.2
