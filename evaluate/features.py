@@ -21,6 +21,7 @@ from torchvision import transforms
 from genrep.evaluate.datasets import ProbeDataset
 from genrep.evaluate.encoder import Encoder, extract_features
 from genrep.io import atomic_write_bytes, commit_tmp, tmp_path_for
+from genrep.weights import genrep_home
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,10 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def default_cache_dir() -> Path:
     """`$GENREP_HOME/features`; GENREP_HOME defaults to the user's cache folder (~/.cache/genrep)."""
-    home = os.environ.get("GENREP_HOME")
-    if not home:
-        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrep"
-    return Path(home) / "features"
+    return genrep_home() / "features"
 
 
 @dataclass(frozen=True)
