@@ -20,7 +20,7 @@ from torchvision import transforms
 
 from genrep.evaluate.datasets import ProbeDataset
 from genrep.evaluate.encoder import Encoder, extract_features
-from genrep.io import atomic_write_bytes, commit_tmp, tmp_path_for
+from genrep.io import atomic_open, atomic_write_bytes
 from genrep.weights import genrep_home
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,13 +94,8 @@ class FeatureCache:
 
     def save(self, key: dict[str, Any], array: np.ndarray) -> Path:
         path = self.path(key)
-        tmp = tmp_path_for(path)
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-            commit_tmp(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path) as f:
+            np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
         atomic_write_bytes(
             path.with_suffix(".json"), json.dumps({**key, "shape": list(array.shape)}, indent=1).encode()
         )

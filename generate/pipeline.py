@@ -27,7 +27,7 @@ from tqdm import tqdm
 from genrep.config import save_config, to_plain
 from genrep.generate.models.base import Generator, build_generator
 from genrep.generate.views.base import View, build_view
-from genrep.io import atomic_write_bytes, commit_tmp, remove_stale_tmp, sha256_file, tmp_path_for
+from genrep.io import atomic_open, atomic_write_bytes, remove_stale_tmp, sha256_file
 from genrep.latents import sample_rng, truncated_normal
 from genrep.manifest import CARD, CONFIG, locked, read_manifest, write_manifest
 from genrep.shards import (
@@ -307,14 +307,8 @@ class ShardGenerator:
             samples.append(encode_sample(
                 index, images[j * per], images[j * per + 1:(j + 1) * per], plan.image_format,
                 z, neighbor_z if plan.neighbors else None, label, meta))
-        path = plan.out / shard_name(job.k)
-        tmp = tmp_path_for(path)
-        try:
-            with open(tmp, "wb") as f:
-                write_shard(f, samples)
-            commit_tmp(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(plan.out / shard_name(job.k)) as f:
+            write_shard(f, samples)
         if self.on_shard is not None:
             self.on_shard(job.k)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -60,25 +61,29 @@ def commit_tmp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     fsync_dir(Path(path).parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write that appears under `path` only if the block completes."""
     tmp = tmp_path_for(path)
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            yield f
         commit_tmp(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` that leaves either the complete new file or the old one, never a partial one."""
     import torch  # here, so that importing genrep.io stays cheap
 
-    tmp = tmp_path_for(path)
-    try:
-        torch.save(obj, tmp)
-        commit_tmp(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
