@@ -41,8 +41,10 @@ def random_biggan_weights(folder: Path) -> Path:
     try:
         from pytorch_pretrained_biggan import BigGAN, BigGANConfig
     except ImportError:
-        sys.exit("needs pytorch-pretrained-biggan for the checkpoint layout: "
-                 "pip install pytorch-pretrained-biggan (the test extra)")
+        sys.exit(
+            "needs pytorch-pretrained-biggan for the checkpoint layout: "
+            "pip install pytorch-pretrained-biggan (the test extra)"
+        )
     config = BigGANConfig.from_dict(copy.deepcopy(read_json("biggan-deep-128-config.json")))
     with torch.device("meta"):
         layout = BigGAN(config).state_dict()
@@ -85,8 +87,10 @@ class ForwardClock:
 
     def __enter__(self) -> ForwardClock:
         hooks = torch.nn.modules.module
-        self._handles = [hooks.register_module_forward_pre_hook(self._pre),
-                         hooks.register_module_forward_hook(self._post)]
+        self._handles = [
+            hooks.register_module_forward_pre_hook(self._pre),
+            hooks.register_module_forward_hook(self._post),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,15 +98,21 @@ class ForwardClock:
             handle.remove()
 
 
-def forward_only(model: torch.nn.Module, images: int, batch_size: int, device: torch.device,
-                 precision: str) -> float:
+def forward_only(
+    model: torch.nn.Module, images: int, batch_size: int, device: torch.device, precision: str
+) -> float:
     """images/s of bare forward passes over `images` images in batches of `batch_size`."""
     dtype = PRECISIONS[precision]
     z = torch.randn(batch_size, model.z_dim, device=device)
-    y = torch.randint(0, model.num_classes, (batch_size,), device=device) \
-        if model.conditional else None
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                enabled=dtype is not None):
+    y = (
+        torch.randint(0, model.num_classes, (batch_size,), device=device)
+        if model.conditional
+        else None
+    )
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         model(z, y)  # warm-up (allocator, kernels)
         sync(device)
         started = time.perf_counter()
@@ -114,10 +124,29 @@ def forward_only(model: torch.nn.Module, images: int, batch_size: int, device: t
 
 
 def cli_args(model: str, weights: Path | None, out: Path, args: argparse.Namespace) -> list[str]:
-    flags = ["--model", model, "--n", str(args.n), "--neighbors", "1", "--view", "gaussian",
-             "--batch-size", str(args.batch_size), "--device", args.device, "--precision",
-             args.precision, "--workers", str(args.workers), "--size", str(args.size),
-             "--out", str(out), "--no-progress"]
+    flags = [
+        "--model",
+        model,
+        "--n",
+        str(args.n),
+        "--neighbors",
+        "1",
+        "--view",
+        "gaussian",
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--workers",
+        str(args.workers),
+        "--size",
+        str(args.size),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     if weights is not None:
         flags += ["--weights", str(weights)]
     if model == "biggan-deep-128":
@@ -129,14 +158,16 @@ def measure(model: str, weights: Path | None, work: Path, args: argparse.Namespa
     device = torch.device(args.device)
     images = args.n * 2  # anchor + one neighbor each
     started = time.perf_counter()
-    generator = build_generator(model, weights=None if weights is None else str(weights),
-                                device=device)
+    generator = build_generator(
+        model, weights=None if weights is None else str(weights), device=device
+    )
     build_s = time.perf_counter() - started
     result = {"forward": 0.0, "pipeline": 0.0, "in_run": 0.0, "cli": 0.0, "build_s": build_s}
     for repeat in range(args.repeats):  # best of `repeats`: the machine may be shared
-        result["forward"] = max(result["forward"],
-                                forward_only(generator, images, args.batch_size, device,
-                                             args.precision))
+        result["forward"] = max(
+            result["forward"],
+            forward_only(generator, images, args.batch_size, device, args.precision),
+        )
         out = work / f"{model}-{repeat}"
         with ForwardClock(device) as clock:
             started = time.perf_counter()
@@ -147,9 +178,11 @@ def measure(model: str, weights: Path | None, work: Path, args: argparse.Namespa
             result["in_run"] = clock.images / clock.seconds
         shutil.rmtree(out)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "genrep.generate.cli",
-                        *cli_args(model, weights, out, args)], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "genrep.generate.cli", *cli_args(model, weights, out, args)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         result["cli"] = max(result["cli"], images / (time.perf_counter() - started))
         shutil.rmtree(out)
     return result
@@ -168,18 +201,25 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="genrep-bench-") as tmp:
         work = Path(tmp)
-        print(f"device {args.device}, {args.precision}, batch {args.batch_size}, "
-              f"{args.n} anchors + {args.n} neighbors, {args.workers} encoder workers, "
-              f"torch threads {torch.get_num_threads()}")
-        print(f"{'model':<17}{'forward':>9}{'pipeline':>10}{'ratio':>7}{'in-run fwd':>12}"
-              f"{'ratio':>7}{'CLI':>8}{'ratio':>7}{'build s':>9}   (img/s)")
+        print(
+            f"device {args.device}, {args.precision}, batch {args.batch_size}, "
+            f"{args.n} anchors + {args.n} neighbors, {args.workers} encoder workers, "
+            f"torch threads {torch.get_num_threads()}"
+        )
+        print(
+            f"{'model':<17}{'forward':>9}{'pipeline':>10}{'ratio':>7}{'in-run fwd':>12}"
+            f"{'ratio':>7}{'CLI':>8}{'ratio':>7}{'build s':>9}   (img/s)"
+        )
         for model in args.models.split(","):
             weights = random_biggan_weights(work) if model == "biggan-deep-128" else None
             r = measure(model, weights, work, args)
-            print(f"{model:<17}{r['forward']:>9.2f}{r['pipeline']:>10.2f}"
-                  f"{r['pipeline'] / r['forward']:>7.2f}{r['in_run']:>12.2f}"
-                  f"{r['pipeline'] / r['in_run']:>7.2f}{r['cli']:>8.2f}"
-                  f"{r['cli'] / r['forward']:>7.2f}{r['build_s']:>9.1f}", flush=True)
+            print(
+                f"{model:<17}{r['forward']:>9.2f}{r['pipeline']:>10.2f}"
+                f"{r['pipeline'] / r['forward']:>7.2f}{r['in_run']:>12.2f}"
+                f"{r['pipeline'] / r['in_run']:>7.2f}{r['cli']:>8.2f}"
+                f"{r['cli'] / r['forward']:>7.2f}{r['build_s']:>9.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ import itertools
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 import torch
@@ -90,18 +90,31 @@ def decode_per_second(blobs: list[bytes]) -> float:
 
 
 @click.command()
-@click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
-              help="A dataset with >= 1 neighbor view [default: generate --n anchors].")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A dataset with >= 1 neighbor view [default: generate --n anchors].",
+)
 @click.option("--n", type=int, default=1000, help="Anchors to generate when --data is not given.")
 @click.option("--size", type=int, default=128, help="Image side of the generated dataset.")
 @click.option("--batch-size", type=int, default=64)
 @click.option("--batches", type=int, default=10, help="Batches timed per pipeline and round.")
-@click.option("--rounds", type=int, default=5,
-              help="Rounds; each times every pipeline in turn (shared machines vary over time).")
-@click.option("--workers", type=int, default=default_workers(),
-              help="DataLoader workers (genrep-train's default).")
-def main(data: str | None, n: int, size: int, batch_size: int, batches: int, rounds: int,
-         workers: int) -> None:
+@click.option(
+    "--rounds",
+    type=int,
+    default=5,
+    help="Rounds; each times every pipeline in turn (shared machines vary over time).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=default_workers(),
+    help="DataLoader workers (genrep-train's default).",
+)
+def main(
+    data: str | None, n: int, size: int, batch_size: int, batches: int, rounds: int, workers: int
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
             from click.testing import CliRunner
@@ -110,8 +123,9 @@ def main(data: str | None, n: int, size: int, batch_size: int, batches: int, rou
 
             data = str(Path(tmp) / "shards")
             click.echo(f"generating {n} anchors + 1 neighbor at {size} px ...", err=True)
-            result = CliRunner().invoke(generate, ["--n", str(n), "--size", str(size),
-                                                   "--no-progress", "--out", data])
+            result = CliRunner().invoke(
+                generate, ["--n", str(n), "--size", str(size), "--no-progress", "--out", data]
+            )
             if result.exit_code:
                 raise click.ClickException(result.output)
         info = open_data([data], None, None)
@@ -124,27 +138,48 @@ def main(data: str | None, n: int, size: int, batch_size: int, batches: int, rou
         if samples < batch_size:
             raise click.UsageError(f"{data} has {samples} samples, fewer than --batch-size")
         prefetched = 2 * max(workers, 1)  # DataLoader's default prefetch_factor is 2
-        click.echo(f"{samples} samples x 2 views at {info.image_size} px -> Tx {input_size} px, "
-                   f"batch {batch_size}, {workers} workers", err=True)
+        click.echo(
+            f"{samples} samples x 2 views at {info.image_size} px -> Tx {input_size} px, "
+            f"batch {batch_size}, {workers} workers",
+            err=True,
+        )
 
-        spec = ViewSpec(views=2, transform=transform, neighbors=info.neighbors,
-                        needs_latents=False, needs_labels=False, label_index=None, strict=False,
-                        seed=0)
-        stream = TrainingStream(info, spec, rank=0, world=1, batch_size=batch_size, start_step=0,
-                                shuffle_buffer=1000)
+        spec = ViewSpec(
+            views=2,
+            transform=transform,
+            neighbors=info.neighbors,
+            needs_latents=False,
+            needs_labels=False,
+            label_index=None,
+            strict=False,
+            seed=0,
+        )
+        stream = TrainingStream(
+            info, spec, rank=0, world=1, batch_size=batch_size, start_step=0, shuffle_buffer=1000
+        )
         loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
         pairs = export_png_folder(info.sources[0].units, Path(tmp) / "png")
-        png_loader = DataLoader(PngPairs(pairs, transform), batch_size=batch_size, shuffle=True,
-                                num_workers=workers, drop_last=True,
-                                persistent_workers=workers > 0)
+        png_loader = DataLoader(
+            PngPairs(pairs, transform),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=workers > 0,
+        )
         pipelines = {
             "shards": (batch["images"] for batch in loader),
             "png": (batch for _ in itertools.count() for batch in png_loader),
         }
-        blobs = [value for shard in info.sources[0].units for raw in iter_raw_samples(shard)
-                 for key, value in raw.items() if key.startswith(("anchor.", "neighbor_0."))]
+        blobs = [
+            value
+            for shard in info.sources[0].units
+            for raw in iter_raw_samples(shard)
+            for key, value in raw.items()
+            if key.startswith(("anchor.", "neighbor_0."))
+        ]
         rates: dict[str, list[float]] = {"shards": [], "png": [], "decode": []}
-        for name, batches_of in pipelines.items():  # start the workers, fill the buffers
+        for batches_of in pipelines.values():  # start the workers, fill the buffers
             images_per_second(batches_of, prefetched, 1)
         for _ in range(rounds):
             for name, batches_of in pipelines.items():
@@ -152,8 +187,10 @@ def main(data: str | None, n: int, size: int, batch_size: int, batches: int, rou
             rates["decode"].append(decode_per_second(blobs))
 
     median = {name: statistics.median(values) for name, values in rates.items()}
-    to_png = statistics.median(s / p for s, p in zip(rates["shards"], rates["png"]))
-    to_decode = statistics.median(s / d for s, d in zip(rates["shards"], rates["decode"]))
+    to_png = statistics.median(s / p for s, p in zip(rates["shards"], rates["png"], strict=True))
+    to_decode = statistics.median(
+        s / d for s, d in zip(rates["shards"], rates["decode"], strict=True)
+    )
     click.echo(f"medians of {rounds} rounds of {batches} batches:")
     click.echo(f"shards (genrep-train input):       {median['shards']:8.0f} images/s")
     click.echo(f"png-folder (released code layout): {median['png']:8.0f} images/s")

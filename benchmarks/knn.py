@@ -23,11 +23,18 @@ def clustered_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features shaped like a trained encoder's: class clusters wide enough to overlap a little."""
     labels = rng.integers(0, len(centers), rows)
-    return centers[labels] + rng.normal(scale=8.0, size=centers[labels].shape).astype(np.float32), labels
+    return centers[labels] + rng.normal(scale=8.0, size=centers[labels].shape).astype(
+        np.float32
+    ), labels
 
 
 def sklearn_knn_scores(
-    train: np.ndarray, labels: np.ndarray, queries: np.ndarray, classes: int, k: int, temperature: float
+    train: np.ndarray,
+    labels: np.ndarray,
+    queries: np.ndarray,
+    classes: int,
+    k: int,
+    temperature: float,
 ) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
@@ -43,19 +50,32 @@ def sklearn_knn_scores(
 @click.option("--classes", default=100, show_default=True)
 @click.option("--k", default=200, show_default=True)
 @click.option("--temperature", default=0.07, show_default=True)
-@click.option("--gpu", is_flag=True, help="Search with a faiss GPU index (needs a GPU build of faiss).")
+@click.option(
+    "--gpu", is_flag=True, help="Search with a faiss GPU index (needs a GPU build of faiss)."
+)
 @click.option("--seed", default=0, show_default=True)
 def main(
-    train_rows: int, queries: int, dim: int, classes: int, k: int, temperature: float, gpu: bool, seed: int
+    train_rows: int,
+    queries: int,
+    dim: int,
+    classes: int,
+    k: int,
+    temperature: float,
+    gpu: bool,
+    seed: int,
 ) -> None:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(classes, dim)).astype(np.float32)
     train, labels = clustered_features(train_rows, centers, rng)
     query, query_labels = clustered_features(queries, centers, rng)
-    click.echo(f"{train_rows} x {dim} training features, {queries} queries, k={k}, {classes} classes")
+    click.echo(
+        f"{train_rows} x {dim} training features, {queries} queries, k={k}, {classes} classes"
+    )
 
     start = time.perf_counter()
-    faiss_scores = knn_scores(train, labels, query, classes, k=k, temperature=temperature, use_gpu=gpu)
+    faiss_scores = knn_scores(
+        train, labels, query, classes, k=k, temperature=temperature, use_gpu=gpu
+    )
     faiss_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -75,7 +95,9 @@ def main(
     )
     # Float rounding may reorder near-equal neighbours at the k-th place; predictions must still agree.
     if agreement < 0.999:
-        raise SystemExit(f"faiss and scikit-learn disagree on {100 * (1 - agreement):.2f}% of predictions")
+        raise SystemExit(
+            f"faiss and scikit-learn disagree on {100 * (1 - agreement):.2f}% of predictions"
+        )
 
 
 if __name__ == "__main__":

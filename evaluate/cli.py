@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -88,7 +89,9 @@ def _default_label(checkpoint: Path) -> str:
 def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     """The chosen protocol's settings from the flags; a flag typed for another protocol is an error."""
     chosen = PROTOCOLS.get(protocol_name).option_names()
-    every = {name for entry in map(PROTOCOLS.get, PROTOCOLS.names()) for name in entry.option_names()}
+    every = {
+        name for entry in map(PROTOCOLS.get, PROTOCOLS.names()) for name in entry.option_names()
+    }
     for name in sorted(every - set(chosen)):
         if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             flag = next(param.opts[0] for param in ctx.command.params if param.name == name)
@@ -100,16 +103,21 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
 @main.command("probe", context_settings={"show_default": True})
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.argument("dataset", type=click.Choice(DATASETS.names()), metavar="DATASET")
-@click.option("--root", type=click.Path(path_type=Path), help="Dataset folder (all datasets but digits).")
+@click.option(
+    "--root", type=click.Path(path_type=Path), help="Dataset folder (all datasets but digits)."
+)
 @click.option(
     "--protocol",
     type=click.Choice(PROTOCOLS.names()),
     help="How to score the features.  [default: voc07 for the voc07 dataset, else linear]",
 )
 @click.option(
-    "--arch", help="torchvision model of a bare state dict.  [default: from the run config, else resnet50]"
+    "--arch",
+    help="torchvision model of a bare state dict.  [default: from the run config, else resnet50]",
 )
-@click.option("--size", type=click.IntRange(min=16), default=128, help="Encoder input size in pixels.")
+@click.option(
+    "--size", type=click.IntRange(min=16), default=128, help="Encoder input size in pixels."
+)
 @click.option(
     "--crop-fraction",
     type=click.FloatRange(0, 1, min_open=True),
@@ -125,7 +133,10 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     show_default=False,
 )
 @click.option(
-    "--extract-batch-size", type=click.IntRange(min=1), default=256, help="Images per encoder batch."
+    "--extract-batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    help="Images per encoder batch.",
 )
 @click.option(
     "--cache-dir",
@@ -144,11 +155,17 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     help="linear: what the encoder was trained on; picks the paper's default --lr.",
 )
 @click.option(
-    "--epochs", type=click.IntRange(min=1), help="linear: epochs.  [default: 60, 100 for stanford-cars]"
+    "--epochs",
+    type=click.IntRange(min=1),
+    help="linear: epochs.  [default: 60, 100 for stanford-cars]",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, help="linear: SGD batch size.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=256, help="linear: SGD batch size."
+)
 @click.option("--momentum", type=float, default=0.9, help="linear: SGD momentum.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, help="linear: weight decay.")
+@click.option(
+    "--weight-decay", type=click.FloatRange(min=0), default=0.0, help="linear: weight decay."
+)
 @click.option(
     "--cached/--augment",
     default=False,
@@ -156,10 +173,16 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
 )
 @click.option("--k", type=click.IntRange(min=1), default=200, help="knn: neighbours.")
 @click.option(
-    "--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, help="knn: vote temperature."
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.07,
+    help="knn: vote temperature.",
 )
 @click.option(
-    "--classifier", type=click.Choice(CLASSIFIERS), default="svm", help="voc07: per-class classifier."
+    "--classifier",
+    type=click.Choice(CLASSIFIERS),
+    default="svm",
+    help="voc07: per-class classifier.",
 )
 @click.option(
     "--costs",
@@ -167,8 +190,12 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     default=",".join(map(str, DEFAULT_COSTS)),
     help="voc07: regularization values C tried by cross-validation.",
 )
-@click.option("--folds", type=click.IntRange(min=2), default=3, help="voc07: cross-validation folds.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, help="voc07: classes fitted in parallel.")
+@click.option(
+    "--folds", type=click.IntRange(min=2), default=3, help="voc07: cross-validation folds."
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=1), default=1, help="voc07: classes fitted in parallel."
+)
 @click.option(
     "--seed", type=int, default=0, help="linear/voc07: seed of initialization, shuffling and folds."
 )
@@ -213,7 +240,8 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         )
     dataset_name = DATASETS.canonical(options["dataset"])
     protocol_name = PROTOCOLS.canonical(
-        options["protocol"] or ("voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear")
+        options["protocol"]
+        or ("voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear")
     )
     protocol = PROTOCOLS.get(protocol_name)(**_protocol_options(ctx, protocol_name))
     device = resolve_device(options["device"])
@@ -270,7 +298,9 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.argument(
     "reports", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="text", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(TABLE_FORMATS), default="text", show_default=True
+)
 @click.option(
     "--all-metrics",
     is_flag=True,

@@ -12,8 +12,9 @@ import hashlib
 import os
 import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from genrep.registry import Registry
 
-DATASETS: Registry[type["ProbeDataset"]] = Registry("dataset")
+DATASETS: Registry[type[ProbeDataset]] = Registry("dataset")
 
 
 def register_dataset(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -118,7 +119,9 @@ class ProbeDataset(ABC):
             **self.extra_identity(),
         }
 
-    def torch_split(self, split: str, transform: Callable[[Image.Image], torch.Tensor]) -> "SplitImages":
+    def torch_split(
+        self, split: str, transform: Callable[[Image.Image], torch.Tensor]
+    ) -> SplitImages:
         return SplitImages(self, split, transform)
 
 
@@ -166,7 +169,10 @@ class ImageFolderDataset(ProbeDataset):
         for split in self.splits:
             try:
                 samples = make_dataset(
-                    self.root / split, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=split != "train"
+                    self.root / split,
+                    class_to_idx,
+                    extensions=IMG_EXTENSIONS,
+                    allow_empty=split != "train",
                 )
             except FileNotFoundError as err:
                 raise self.fail(f"{self.root / split}: {err}") from None
@@ -242,7 +248,9 @@ class VOC07Dataset(ProbeDataset):
         return labels
 
     def _scan(self) -> None:
-        folder = self.root = self._voc_folder()  # so that every accepted --root gives the same identity
+        folder = self.root = (
+            self._voc_folder()
+        )  # so that every accepted --root gives the same identity
         self.classes = list(VOC_CLASSES)
         for split in self.splits:
             listing = folder / "ImageSets" / "Main" / f"{split}.txt"
@@ -252,7 +260,9 @@ class VOC07Dataset(ProbeDataset):
             if not ids:
                 raise self.fail(f"{listing} lists no images")
             self.items[split] = [f"JPEGImages/{i}.jpg" for i in ids]
-            self.targets[split] = np.stack([self._labels(folder / "Annotations" / f"{i}.xml") for i in ids])
+            self.targets[split] = np.stack(
+                [self._labels(folder / "Annotations" / f"{i}.xml") for i in ids]
+            )
             self._require_files(split)
 
 
@@ -308,7 +318,9 @@ class StanfordCarsDataset(ProbeDataset):
         if (devkit / "cars_meta.mat").is_file():
             self.classes = [
                 str(c)
-                for c in np.atleast_1d(loadmat(devkit / "cars_meta.mat", squeeze_me=True)["class_names"])
+                for c in np.atleast_1d(
+                    loadmat(devkit / "cars_meta.mat", squeeze_me=True)["class_names"]
+                )
             ]
             if len(self.classes) < num_classes:
                 raise self.fail(

@@ -10,9 +10,10 @@ weights is the sha256 of the file they were read from; it keys the feature cache
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,9 @@ def _resolve_arch(requested: str | None, recorded: Any, where: Path) -> str:
     if not isinstance(recorded, str):
         raise CheckpointError(f"{where}: `arch` must be a torchvision model name, got {recorded!r}")
     if requested and requested != recorded:
-        raise CheckpointError(f"--arch {requested} contradicts {where}, which says arch: {recorded}")
+        raise CheckpointError(
+            f"--arch {requested} contradicts {where}, which says arch: {recorded}"
+        )
     return recorded
 
 
@@ -136,7 +139,9 @@ def load_encoder(path: str | Path, arch: str | None = None) -> Encoder:
     problems = {
         "missing": [key for key in expected if key not in state],
         "unexpected": [key for key in state if key not in expected],
-        "wrong shape": [key for key in state if key in expected and state[key].shape != expected[key].shape],
+        "wrong shape": [
+            key for key in state if key in expected and state[key].shape != expected[key].shape
+        ],
     }
     if any(problems.values()):
         detail = "; ".join(
@@ -144,7 +149,9 @@ def load_encoder(path: str | Path, arch: str | None = None) -> Encoder:
             for label, keys in problems.items()
             if keys
         )
-        raise CheckpointError(f"{weights} does not fit torchvision {arch} ({detail}); pass the right --arch")
+        raise CheckpointError(
+            f"{weights} does not fit torchvision {arch} ({detail}); pass the right --arch"
+        )
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     return Encoder(model, arch, path, kind, sha256_file(weights), model.feature_dim, step)
@@ -157,9 +164,13 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise DeviceError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        raise DeviceError(
+            f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
+        raise DeviceError(
+            f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu"
+        )
     return resolved
 
 
@@ -175,7 +186,9 @@ def encode_batches(
     model.to(device, memory_format=torch.channels_last).eval()
     with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as progress:
         for images, labels in batches:
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last
+            )
             with torch.no_grad():  # not inference_mode: the linear probe trains on these features
                 features = model(images).float()
             progress.update(len(images))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,7 +98,8 @@ class FeatureCache:
         with atomic_open(path) as f:
             np.save(f, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
         atomic_write_bytes(
-            path.with_suffix(".json"), json.dumps({**key, "shape": list(array.shape)}, indent=1).encode()
+            path.with_suffix(".json"),
+            json.dumps({**key, "shape": list(array.shape)}, indent=1).encode(),
         )
         return path
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from genrep.evaluate.encoder import encode_batches
 from genrep.evaluate.features import FrozenFeatures
 from genrep.registry import Registry
 
-PROTOCOLS: Registry[type["Protocol"]] = Registry("protocol")
+PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
 
 
 def register_protocol(name: str) -> Callable[[type], type]:
@@ -39,7 +40,9 @@ class ProtocolError(ValueError):
     """Settings or data a protocol cannot run with; the message says what to change."""
 
 
-def topk_accuracy(scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict[str, float]:
+def topk_accuracy(
+    scores: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor
+) -> dict[str, float]:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy in percent; higher score = likelier."""
     scores, labels = torch.as_tensor(scores), torch.as_tensor(labels).long()
     ranked = scores.topk(min(5, scores.shape[1]), dim=1).indices
@@ -100,8 +103,12 @@ def train_linear_classifier(
     classifier = nn.Linear(feature_dim, num_classes).to(device)
     nn.init.normal_(classifier.weight, std=0.01)
     nn.init.zeros_(classifier.bias)
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
+    optimizer = torch.optim.SGD(
+        classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, epochs * steps_per_epoch)
+    )
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(epochs):
         for features, labels in epoch_batches(epoch):
@@ -117,7 +124,9 @@ def train_linear_classifier(
     return classifier.eval()
 
 
-def classifier_scores(classifier: nn.Linear, features: np.ndarray, batch: int = 65536) -> torch.Tensor:
+def classifier_scores(
+    classifier: nn.Linear, features: np.ndarray, batch: int = 65536
+) -> torch.Tensor:
     device = classifier.weight.device
     with torch.no_grad():
         return torch.cat(
@@ -132,7 +141,10 @@ def feature_batches(
     features: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
 ) -> Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]:
     """Shuffled minibatches of cached features, a new order each epoch."""
-    features_t, labels_t = torch.from_numpy(np.ascontiguousarray(features)), torch.from_numpy(labels).long()
+    features_t, labels_t = (
+        torch.from_numpy(np.ascontiguousarray(features)),
+        torch.from_numpy(labels).long(),
+    )
 
     def epoch_batches(epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(
@@ -185,7 +197,10 @@ class LinearProtocol(Protocol):
     """
 
     primary_metric = "top1"
-    LR_BY_ENCODER_DATA = {"generated": 2.0, "real": 0.3}  # the paper's rates for IGM / real-data encoders
+    LR_BY_ENCODER_DATA = {
+        "generated": 2.0,
+        "real": 0.3,
+    }  # the paper's rates for IGM / real-data encoders
 
     def __init__(
         self,
@@ -199,7 +214,9 @@ class LinearProtocol(Protocol):
         seed: int = 0,
     ) -> None:
         if encoder_data not in self.LR_BY_ENCODER_DATA:
-            raise ProtocolError(f"--encoder-data must be one of {', '.join(self.LR_BY_ENCODER_DATA)}")
+            raise ProtocolError(
+                f"--encoder-data must be one of {', '.join(self.LR_BY_ENCODER_DATA)}"
+            )
         self.lr, self.encoder_data, self.epochs = lr, encoder_data, epochs
         self.batch_size, self.momentum, self.weight_decay = batch_size, momentum, weight_decay
         self.cached, self.seed = cached, seed
@@ -214,7 +231,9 @@ class LinearProtocol(Protocol):
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "schedule": "cosine",
-            "train_input": "cached center-crop features" if self.cached else "random-resized-crop + flip",
+            "train_input": "cached center-crop features"
+            if self.cached
+            else "random-resized-crop + flip",
             "reported_epoch": "final",
             "seed": self.seed,
         }
@@ -223,7 +242,10 @@ class LinearProtocol(Protocol):
         dataset, settings = inputs.dataset, self.settings(inputs.dataset)
         fit, evaluate = dataset.splits
         train_labels, num_classes = dataset.targets[fit], len(dataset.classes)
-        hyper = {k: settings[k] for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")}
+        hyper = {
+            k: settings[k]
+            for k in ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")
+        }
         if self.cached:
             metrics = linear_probe_on_features(
                 inputs.eval_features(fit),
@@ -245,7 +267,11 @@ class LinearProtocol(Protocol):
                 seed=self.seed * 100003 + epoch,
             )
             yield from encode_batches(
-                inputs.encoder.model, loader, inputs.device, len(train_labels), f"linear epoch {epoch + 1}"
+                inputs.encoder.model,
+                loader,
+                inputs.device,
+                len(train_labels),
+                f"linear epoch {epoch + 1}",
             )
 
         classifier = train_linear_classifier(
@@ -332,7 +358,12 @@ class KNNProtocol(Protocol):
         self.k, self.temperature = k, temperature
 
     def settings(self, dataset: ProbeDataset) -> dict[str, Any]:
-        return {"k": self.k, "temperature": self.temperature, "metric": "cosine", "weighting": "exp(sim/T)"}
+        return {
+            "k": self.k,
+            "temperature": self.temperature,
+            "metric": "cosine",
+            "weighting": "exp(sim/T)",
+        }
 
     def run(self, inputs: FrozenFeatures) -> tuple[dict[str, float], dict[str, Any]]:
         import faiss
@@ -363,7 +394,12 @@ def voc07_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 
     precision, recall, _ = precision_recall_curve(positives, scores)
     return float(
-        np.mean([precision[recall >= r].max() if (recall >= r).any() else 0.0 for r in np.linspace(0, 1, 11)])
+        np.mean(
+            [
+                precision[recall >= r].max() if (recall >= r).any() else 0.0
+                for r in np.linspace(0, 1, 11)
+            ]
+        )
     )
 
 
@@ -449,7 +485,8 @@ def voc07_classification(
             )
         jobs_args.append((name, train_x[train_keep], train_y, test_x[test_keep], test_y))
     rows = Parallel(n_jobs=jobs)(
-        delayed(_fit_one_class)(*args, classifier, tuple(sorted(costs)), folds, seed) for args in jobs_args
+        delayed(_fit_one_class)(*args, classifier, tuple(sorted(costs)), folds, seed)
+        for args in jobs_args
     )
     metrics = {
         "mAP": float(np.mean([r["AP"] for r in rows])),

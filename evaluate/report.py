@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from genrep.config import save_config, to_plain
 from genrep.io import atomic_write_bytes
@@ -90,7 +91,9 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
     return report
 
 
-def format_table(reports: Iterable[dict[str, Any]], fmt: str = "text", all_metrics: bool = False) -> str:
+def format_table(
+    reports: Iterable[dict[str, Any]], fmt: str = "text", all_metrics: bool = False
+) -> str:
     """Rows: encoders (report labels); columns: "<dataset> <protocol> <metric>" in percent; "-" if absent."""
     reports = list(reports)
     checkpoints_by_label: dict[str, set[str]] = {}
@@ -101,7 +104,9 @@ def format_table(reports: Iterable[dict[str, Any]], fmt: str = "text", all_metri
     for report in reports:
         label, sha256 = report["label"], report["checkpoint"]["sha256"]
         # Two checkpoints that share a label get their hash appended, so their rows stay apart.
-        row = rows.setdefault(f"{label}@{sha256[:8]}" if len(checkpoints_by_label[label]) > 1 else label, {})
+        row = rows.setdefault(
+            f"{label}@{sha256[:8]}" if len(checkpoints_by_label[label]) > 1 else label, {}
+        )
         primary = report["primary_metric"]
         metrics = report["metrics"] if all_metrics else {primary: report["metrics"][primary]}
         for metric, value in metrics.items():
@@ -111,7 +116,8 @@ def format_table(reports: Iterable[dict[str, Any]], fmt: str = "text", all_metri
             row[column] = value
     header = ["encoder", *columns]
     body = [
-        [name, *(f"{cells[c]:.2f}" if c in cells else "-" for c in columns)] for name, cells in rows.items()
+        [name, *(f"{cells[c]:.2f}" if c in cells else "-" for c in columns)]
+        for name, cells in rows.items()
     ]
     if fmt == "markdown":
         lines = [header, ["---"] + ["---:"] * len(columns), *body]

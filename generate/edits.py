@@ -22,7 +22,8 @@ Step sizes alpha, per walk name (units are those of `UNITS`):
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Mapping
+from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -84,7 +85,9 @@ class ShiftX(Edit):
     @classmethod
     def check_range(cls, value: float) -> None:
         if not 0 < value < 1:
-            raise ValueError(f"the shift range is a fraction of the image side in (0, 1), got {value}")
+            raise ValueError(
+                f"the shift range is a fraction of the image side in (0, 1), got {value}"
+            )
 
     def matrix(self, alpha, height, width):
         m = _matrices(alpha)
@@ -121,7 +124,9 @@ class Zoom(Edit):
         # As in Jahanian et al.: zoom in or out with equal odds, uniform within each side.
         zoom_out = rng.random(n) < 0.5
         inside = rng.random(n)
-        alpha = np.where(zoom_out, 1 + inside * (max_step - 1), 1 / max_step + inside * (1 - 1 / max_step))
+        alpha = np.where(
+            zoom_out, 1 + inside * (max_step - 1), 1 / max_step + inside * (1 - 1 / max_step)
+        )
         return alpha[:, None]
 
     def coefficient(self, alpha, max_step):
@@ -194,31 +199,44 @@ class Color(Edit):
 
 
 #: canonical edit names, in composition order
-EDIT_NAMES: tuple[str, ...] = tuple(sorted(
-    (name for name in EDITS.names() if EDITS.canonical(name) == name),
-    key=lambda name: EDITS.get(name).order,
-))
+EDIT_NAMES: tuple[str, ...] = tuple(
+    sorted(
+        (name for name in EDITS.names() if EDITS.canonical(name) == name),
+        key=lambda name: EDITS.get(name).order,
+    )
+)
 #: walk name -> unit of its alpha
-UNITS: dict[str, str] = {walk: EDITS.get(name).unit for name in EDIT_NAMES
-                         for walk in EDITS.get(name).walks}
+UNITS: dict[str, str] = {
+    walk: EDITS.get(name).unit for name in EDIT_NAMES for walk in EDITS.get(name).walks
+}
 
 
-def _edit_alphas(edit: Edit, alphas: Mapping[str, torch.Tensor], batch: int,
-                 device: torch.device) -> torch.Tensor:
-    columns = [torch.as_tensor(alphas[w], dtype=torch.float64, device=device).reshape(batch)
-               if w in alphas else torch.full((batch,), edit.identity, dtype=torch.float64,
-                                              device=device)
-               for w in edit.walks]
+def _edit_alphas(
+    edit: Edit, alphas: Mapping[str, torch.Tensor], batch: int, device: torch.device
+) -> torch.Tensor:
+    columns = [
+        torch.as_tensor(alphas[w], dtype=torch.float64, device=device).reshape(batch)
+        if w in alphas
+        else torch.full((batch,), edit.identity, dtype=torch.float64, device=device)
+        for w in edit.walks
+    ]
     return torch.stack(columns, 1)
 
 
-def compose(alphas: Mapping[str, torch.Tensor], batch: int, height: int, width: int,
-            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def compose(
+    alphas: Mapping[str, torch.Tensor],
+    batch: int,
+    height: int,
+    width: int,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The composite homography (B x 3 x 3, float64) and color offset (B x 3) of `alphas`."""
     walks = {walk: name for name in EDIT_NAMES for walk in EDITS.get(name).walks}
     unknown = sorted(set(alphas) - set(walks))
     if unknown:
-        raise ValueError(f"unknown steering walk(s) {', '.join(unknown)}; known: {', '.join(walks)}")
+        raise ValueError(
+            f"unknown steering walk(s) {', '.join(unknown)}; known: {', '.join(walks)}"
+        )
     device = torch.device(device)
     matrix = torch.eye(3, dtype=torch.float64, device=device).repeat(batch, 1, 1)
     offset = torch.zeros(batch, 3, dtype=torch.float64, device=device)
@@ -262,8 +280,9 @@ def blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.reshape(batch, channels, height, width)
 
 
-def warp(images: torch.Tensor, matrix: torch.Tensor,
-         mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def warp(
+    images: torch.Tensor, matrix: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample images (B x C x H x W) through homographies (B x 3 x 3, source -> output pixels).
 
     Returns the warped images (zero outside the frame) and their validity mask (B x 1 x H x W, 0/1):
@@ -275,26 +294,38 @@ def warp(images: torch.Tensor, matrix: torch.Tensor,
     inverse = torch.linalg.inv(matrix.to(device, torch.float64))
     ys = torch.arange(height, device=device, dtype=torch.float64) + 0.5 - height / 2
     xs = torch.arange(width, device=device, dtype=torch.float64) + 0.5 - width / 2
-    points = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width),
-                          torch.ones(height, width, device=device, dtype=torch.float64)], -1)
+    points = torch.stack(
+        [
+            xs.expand(height, width),
+            ys[:, None].expand(height, width),
+            torch.ones(height, width, device=device, dtype=torch.float64),
+        ],
+        -1,
+    )
     source = torch.einsum("bij,hwj->bhwi", inverse, points)
     depth = source[..., 2]
     in_front = depth > 1e-9
     depth = torch.where(in_front, depth, torch.ones_like(depth))
-    grid = torch.stack([source[..., 0] / depth / (width / 2), source[..., 1] / depth / (height / 2)], -1)
+    grid = torch.stack(
+        [source[..., 0] / depth / (width / 2), source[..., 1] / depth / (height / 2)], -1
+    )
     grid = torch.where(in_front[..., None], grid, torch.full_like(grid, 4.0)).to(images.dtype)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if mask is None:
         mask = torch.ones(batch, 1, height, width, device=device, dtype=images.dtype)
-    coverage = F.grid_sample(mask.to(images.dtype), grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
+    coverage = F.grid_sample(
+        mask.to(images.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     valid = (coverage >= 1 - 1e-4) & in_front[:, None]
     return warped, valid.to(images.dtype)
 
 
-def apply_edits(images: torch.Tensor, alphas: Mapping[str, torch.Tensor | np.ndarray | float],
-                mask: torch.Tensor | None = None,
-                antialias: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_edits(
+    images: torch.Tensor,
+    alphas: Mapping[str, torch.Tensor | np.ndarray | float],
+    mask: torch.Tensor | None = None,
+    antialias: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """T(images, alpha): all edits of `alphas` (walk name -> B step sizes) composed; walks left out
     are not applied. Returns the edited images, clamped to [-1, 1], and their validity mask.
 

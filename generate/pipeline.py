@@ -15,9 +15,10 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,30 +78,38 @@ class Plan:
 
     def identity(self) -> dict[str, Any]:
         """Everything that decides the bytes of the dataset: two runs agree iff these agree."""
-        return to_plain({
-            "generator": self.generator.describe(),
-            "model_options": self.config.get("model_option", {}),
-            "view": {"name": self.view.name, "params": self.view.params()},
-            "n": self.n,
-            "neighbors": self.neighbors,
-            "classes": self.classes,
-            "truncation": self.truncation,
-            "seed": self.seed,
-            "image": self.image_info(),
-            "shard_size": self.shard_size,
-            "precision": self.precision,
-        })
+        return to_plain(
+            {
+                "generator": self.generator.describe(),
+                "model_options": self.config.get("model_option", {}),
+                "view": {"name": self.view.name, "params": self.view.params()},
+                "n": self.n,
+                "neighbors": self.neighbors,
+                "classes": self.classes,
+                "truncation": self.truncation,
+                "seed": self.seed,
+                "image": self.image_info(),
+                "shard_size": self.shard_size,
+                "precision": self.precision,
+            }
+        )
 
     def image_info(self) -> dict[str, Any]:
-        return {"size": self.size, "resize": self.resize, "format": self.image_format,
-                "quality": self.quality}
+        return {
+            "size": self.size,
+            "resize": self.resize,
+            "format": self.image_format,
+            "quality": self.quality,
+        }
 
 
 def resolve_classes(generator: Generator, spec: Any) -> list[int] | None:
     """The class ids to sample: all, a named subset, the first K (an int), or a comma list."""
     if not generator.conditional:
         if spec is not None:
-            raise GenerateError(f"--classes does not apply: model {generator.name!r} is unconditional")
+            raise GenerateError(
+                f"--classes does not apply: model {generator.name!r} is unconditional"
+            )
         return None
     if spec is None or spec == "all":
         return list(range(generator.num_classes))
@@ -129,8 +138,13 @@ def make_plan(options: dict[str, Any]) -> Plan:
     if options.get("precision", "fp32") not in PRECISIONS:
         raise GenerateError(f"--precision must be one of {', '.join(PRECISIONS)}")
     try:
-        generator = build_generator(options["model"], weights=options.get("weights"),
-                                    classes=options.get("classes"), device=device, **model_options)
+        generator = build_generator(
+            options["model"],
+            weights=options.get("weights"),
+            classes=options.get("classes"),
+            device=device,
+            **model_options,
+        )
     except TypeError as err:
         raise GenerateError(f"bad --model-option for {options['model']!r}: {err}") from None
     classes = resolve_classes(generator, options.get("classes"))
@@ -156,8 +170,13 @@ def make_plan(options: dict[str, Any]) -> Plan:
         truncation = generator.default_truncation
     elif truncation <= 0:
         raise GenerateError(f"--truncation must be > 0, got {truncation}")
-    view = build_view(options.get("view") or "gaussian", generator, truncation=truncation,
-                      sigma=options.get("sigma"), walks=options.get("walks"))
+    view = build_view(
+        options.get("view") or "gaussian",
+        generator,
+        truncation=truncation,
+        sigma=options.get("sigma"),
+        walks=options.get("walks"),
+    )
     neighbors = options.get("neighbors", 1) if view.has_neighbors else 0
     if view.has_neighbors and neighbors < 1:
         raise GenerateError(f"--neighbors must be >= 1 for view {view.name!r}, got {neighbors}")
@@ -177,10 +196,23 @@ def make_plan(options: dict[str, Any]) -> Plan:
     if shard_size <= 0:
         raise GenerateError(f"--shard-size must be > 0, got {shard_size}")
     out = Path(options.get("out") or Path("shards") / f"{generator.name}-{view.name}")
-    return Plan(generator=generator, view=view, n=n, neighbors=neighbors, classes=classes,
-                truncation=truncation, seed=options.get("seed", 0), size=size, resize=resize,
-                image_format=fmt, quality=quality, shard_size=shard_size,
-                precision=options.get("precision", "fp32"), out=out, config=dict(options))
+    return Plan(
+        generator=generator,
+        view=view,
+        n=n,
+        neighbors=neighbors,
+        classes=classes,
+        truncation=truncation,
+        seed=options.get("seed", 0),
+        size=size,
+        resize=resize,
+        image_format=fmt,
+        quality=quality,
+        shard_size=shard_size,
+        precision=options.get("precision", "fp32"),
+        out=out,
+        config=dict(options),
+    )
 
 
 def sample_latents(plan: Plan, index: int) -> tuple[np.ndarray, int | None, np.ndarray, list[dict]]:
@@ -199,9 +231,13 @@ def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:
     if resize == "resize":  # short side to `size`, then the central square
         scale = size / min(height, width)
         if scale != 1:
-            images = F.interpolate(images, size=(max(size, round(height * scale)),
-                                                 max(size, round(width * scale))),
-                                   mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(
+                images,
+                size=(max(size, round(height * scale)), max(size, round(width * scale))),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
             height, width = images.shape[-2:]
     elif min(height, width) < size:
         raise GenerateError(
@@ -209,7 +245,7 @@ def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:
             "use --resize resize or a smaller --size"
         )
     top, left = (height - size) // 2, (width - size) // 2
-    images = images[..., top:top + size, left:left + size]
+    images = images[..., top : top + size, left : left + size]
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -223,15 +259,24 @@ class _ShardJob:
         self.latents: list[tuple[np.ndarray, int | None, np.ndarray, list[dict]]] = []
 
     def images(self) -> list[bytes]:
-        return [data for part in self.parts
-                for data in (part.result() if isinstance(part, futures.Future) else part)]
+        return [
+            data
+            for part in self.parts
+            for data in (part.result() if isinstance(part, futures.Future) else part)
+        ]
 
 
 class ShardGenerator:
     """Runs a `Plan` for a set of shard numbers, overlapping generation with encoding and writing."""
 
-    def __init__(self, plan: Plan, batch_size: int = 64, workers: int = 2,
-                 progress: bool = True, on_shard: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        batch_size: int = 64,
+        workers: int = 2,
+        progress: bool = True,
+        on_shard: Callable[[int], None] | None = None,
+    ) -> None:
         if batch_size <= 0:
             raise GenerateError(f"--batch-size must be > 0, got {batch_size}")
         if workers < 0:
@@ -247,11 +292,18 @@ class ShardGenerator:
         total = sum(len(plan.shard_indices(k)) for k in shards) * (1 + plan.neighbors)
         pool = None
         if self.workers > 0:
-            context = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "forkserver")
+            context = multiprocessing.get_context(
+                "spawn" if sys.platform == "darwin" else "forkserver"
+            )
             pool = futures.ProcessPoolExecutor(self.workers, mp_context=context)
         pending: deque[_ShardJob] = deque()
-        bar = tqdm(total=total, unit="img", disable=not self.progress, dynamic_ncols=True,
-                   desc=f"generate {plan.out.name}")
+        bar = tqdm(
+            total=total,
+            unit="img",
+            disable=not self.progress,
+            dynamic_ncols=True,
+            desc=f"generate {plan.out.name}",
+        )
         try:
             for k in shards:
                 pending.append(self._generate_shard(k, pool, bar))
@@ -288,12 +340,16 @@ class ShardGenerator:
             labels = np.repeat([sample[1] for sample in job.latents], 1 + plan.neighbors)
         for start in range(0, len(z_all), self.batch_size):
             stop = start + self.batch_size
-            images = self._forward(z_all[start:stop], None if labels is None else labels[start:stop])
+            images = self._forward(
+                z_all[start:stop], None if labels is None else labels[start:stop]
+            )
             pixels = to_uint8(images, plan.size, plan.resize)
             if pool is None:
                 job.parts.append(encode_images(pixels, plan.image_format, plan.quality))
             else:
-                job.parts.append(pool.submit(encode_images, pixels, plan.image_format, plan.quality))
+                job.parts.append(
+                    pool.submit(encode_images, pixels, plan.image_format, plan.quality)
+                )
             bar.update(len(pixels))
         return job
 
@@ -301,12 +357,27 @@ class ShardGenerator:
         plan = self.plan
         images, per = job.images(), 1 + plan.neighbors
         samples = []
-        for j, (index, (z, label, neighbor_z, params)) in enumerate(zip(job.indices, job.latents)):
-            meta = {"index": index, "class": label, "view": plan.view.name,
-                    "neighbors": [{"params": p} for p in params]}
-            samples.append(encode_sample(
-                index, images[j * per], images[j * per + 1:(j + 1) * per], plan.image_format,
-                z, neighbor_z if plan.neighbors else None, label, meta))
+        for j, (index, (z, label, neighbor_z, params)) in enumerate(
+            zip(job.indices, job.latents, strict=True)
+        ):
+            meta = {
+                "index": index,
+                "class": label,
+                "view": plan.view.name,
+                "neighbors": [{"params": p} for p in params],
+            }
+            samples.append(
+                encode_sample(
+                    index,
+                    images[j * per],
+                    images[j * per + 1 : (j + 1) * per],
+                    plan.image_format,
+                    z,
+                    neighbor_z if plan.neighbors else None,
+                    label,
+                    meta,
+                )
+            )
         with atomic_open(plan.out / shard_name(job.k)) as f:
             write_shard(f, samples)
         if self.on_shard is not None:
@@ -314,6 +385,7 @@ class ShardGenerator:
 
 
 # ---------------------------------------------------------------- output folder and manifest
+
 
 def check_output(plan: Plan) -> dict[str, Any] | None:
     """Refuse an output folder that holds another dataset; returns its manifest when resuming."""
@@ -328,8 +400,11 @@ def check_output(plan: Plan) -> dict[str, Any] | None:
             )
         return None
     if manifest.get("identity") != plan.identity():
-        differing = sorted(key for key, value in plan.identity().items()
-                           if manifest.get("identity", {}).get(key) != value)
+        differing = sorted(
+            key
+            for key, value in plan.identity().items()
+            if manifest.get("identity", {}).get(key) != value
+        )
         raise GenerateError(
             f"{out} holds a dataset made with a different config (differs in: "
             f"{', '.join(differing)}); pass another --out or rerun with that dataset's config"
@@ -370,9 +445,13 @@ def update_manifest(plan: Plan) -> dict[str, Any]:
                 continue
             entry = known.get(path.name)
             if entry is None or entry["bytes"] != path.stat().st_size:
-                entry = {"name": path.name, "samples": len(plan.shard_indices(k)),
-                         "first_index": k * plan.shard_size, "bytes": path.stat().st_size,
-                         "sha256": sha256_file(path)}
+                entry = {
+                    "name": path.name,
+                    "samples": len(plan.shard_indices(k)),
+                    "first_index": k * plan.shard_size,
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
             entries.append(entry)
         manifest["shards"] = entries
         manifest["complete"] = len(entries) == plan.num_shards
@@ -386,10 +465,18 @@ def update_manifest(plan: Plan) -> dict[str, Any]:
 def write_card(plan: Plan, manifest: dict[str, Any]) -> None:
     """A dataset card with hub-style YAML front matter, so the folder can be pushed as it is."""
     images = plan.n * (1 + plan.neighbors)
-    category = next(label for bound, label in [(1e3, "n<1K"), (1e4, "1K<n<10K"),
-                                               (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
-                                               (1e7, "1M<n<10M"), (math.inf, "n>10M")]
-                    if plan.n < bound)
+    category = next(
+        label
+        for bound, label in [
+            (1e3, "n<1K"),
+            (1e4, "1K<n<10K"),
+            (1e5, "10K<n<100K"),
+            (1e6, "100K<n<1M"),
+            (1e7, "1M<n<10M"),
+            (math.inf, "n>10M"),
+        ]
+        if plan.n < bound
+    )
     g = manifest["generator"]
     text = f"""---
 license: other
@@ -411,15 +498,15 @@ configs:
 # {plan.out.name}
 
 A multiview dataset made by [genrep](https://pypi.org/project/genrep/) (format
-{FORMAT_NAME} v{FORMAT_VERSION}): {plan.n} anchor images from the generator `{g['name']}` and
+{FORMAT_NAME} v{FORMAT_VERSION}): {plan.n} anchor images from the generator `{g["name"]}` and
 {plan.neighbors} neighbor view(s) per anchor made with the latent view `{plan.view.name}`
 ({images} images of {plan.size}x{plan.size} px, {plan.image_format}), in
 {plan.num_shards} webdataset shards.
 
-- generator weights sha256: `{g['weights_sha256']}`
-- view parameters: `{manifest['view']['params']}`
+- generator weights sha256: `{g["weights_sha256"]}`
+- view parameters: `{manifest["view"]["params"]}`
 - seed: {plan.seed}; anchor truncation: {plan.truncation}
-- classes: {'unconditional' if plan.classes is None else f'{len(plan.classes)} classes'}
+- classes: {"unconditional" if plan.classes is None else f"{len(plan.classes)} classes"}
 
 `manifest.json` lists every shard with its sha256 (`genrep-shards verify` checks them) and the exact
 configuration (`config.yaml`) that regenerates the dataset byte for byte. The license of the images
@@ -436,9 +523,14 @@ def my_shards(plan: Plan, shard_range: tuple[int, int] | None = None) -> list[in
     return [k for k in range(start, stop) if k % world == rank]
 
 
-def generate(plan: Plan, batch_size: int = 64, workers: int = 2,
-             shard_range: tuple[int, int] | None = None, progress: bool = True,
-             log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+def generate(
+    plan: Plan,
+    batch_size: int = 64,
+    workers: int = 2,
+    shard_range: tuple[int, int] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
     """Write the dataset of `plan` (resuming where an earlier run stopped); returns the manifest."""
     resumed = check_output(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
@@ -446,15 +538,20 @@ def generate(plan: Plan, batch_size: int = 64, workers: int = 2,
     update_manifest(plan)
     todo = [k for k in my_shards(plan, shard_range) if not (plan.out / shard_name(k)).exists()]
     if resumed is not None:
-        log(f"resuming {plan.out}: {plan.num_shards - len(todo)} of {plan.num_shards} shards present")
+        log(
+            f"resuming {plan.out}: {plan.num_shards - len(todo)} of {plan.num_shards} shards present"
+        )
     started = time.perf_counter()
-    images = ShardGenerator(plan, batch_size, workers, progress,
-                            on_shard=lambda k: update_manifest(plan)).run(todo)
+    images = ShardGenerator(
+        plan, batch_size, workers, progress, on_shard=lambda k: update_manifest(plan)
+    ).run(todo)
     seconds = time.perf_counter() - started
     manifest = update_manifest(plan)
     done = sum(entry["samples"] for entry in manifest["shards"])
     rate = f", {images / seconds:.0f} img/s" if images and seconds > 0 else ""
     state = "complete" if manifest["complete"] else f"{done}/{plan.n} samples so far"
-    log(f"wrote {len(todo)} shards ({images} images) to {plan.out} in {seconds:.1f}s{rate}; "
-        f"dataset {state}")
+    log(
+        f"wrote {len(todo)} shards ({images} images) to {plan.out} in {seconds:.1f}s{rate}; "
+        f"dataset {state}"
+    )
     return manifest

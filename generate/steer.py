@@ -22,9 +22,10 @@ import fcntl
 import math
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import click
 import numpy as np
@@ -44,7 +45,9 @@ WALKS_FORMAT = "genrep-walks"
 WALKS_VERSION = 1
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
 }
 #: learning-rate factor at step t of T; "cosine" anneals to 0, which quiets the walks' noise at the end
 LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
@@ -108,18 +111,30 @@ class SteerConfig:
                 EDITS.get(name).check_range(value)
             except ValueError as err:
                 raise SteerError(f"--{_range_field(name).replace('_', '-')}: {err}") from None
-        checks = [(self.num_samples >= self.batch_size > 0,
-                   (f"--batch-size must be > 0 and <= --num-samples, got {self.batch_size} and "
-                    f"{self.num_samples}")),
-                  (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-                  (self.lr_schedule in LR_SCHEDULES,
-                   f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"),
-                  (self.optimizer in OPTIMIZERS,
-                   f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-                  (self.init_std >= 0, f"--init-std must be >= 0, got {self.init_std}"),
-                  (self.truncation is None or self.truncation > 0,
-                   f"--truncation must be > 0, got {self.truncation}"),
-                  (self.eval_size > 0, f"--eval-size must be > 0, got {self.eval_size}")]
+        checks = [
+            (
+                self.num_samples >= self.batch_size > 0,
+                (
+                    f"--batch-size must be > 0 and <= --num-samples, got {self.batch_size} and "
+                    f"{self.num_samples}"
+                ),
+            ),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (
+                self.lr_schedule in LR_SCHEDULES,
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            ),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+            ),
+            (self.init_std >= 0, f"--init-std must be >= 0, got {self.init_std}"),
+            (
+                self.truncation is None or self.truncation > 0,
+                f"--truncation must be > 0, got {self.truncation}",
+            ),
+            (self.eval_size > 0, f"--eval-size must be > 0, got {self.eval_size}"),
+        ]
         for ok, message in checks:
             if not ok:
                 raise SteerError(message)
@@ -133,8 +148,9 @@ class SteerConfig:
         return self.num_samples // self.batch_size
 
     def as_dict(self) -> dict[str, Any]:
-        return to_plain({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                         if f.name != "extra"})
+        return to_plain(
+            {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        )
 
 
 def walk_names(transforms: Sequence[str]) -> list[str]:
@@ -142,8 +158,9 @@ def walk_names(transforms: Sequence[str]) -> list[str]:
     return [walk for name in EDIT_NAMES if name in transforms for walk in EDITS.get(name).walks]
 
 
-def draw_alphas(rng: np.random.Generator, n: int,
-                ranges: Mapping[str, float]) -> dict[str, np.ndarray]:
+def draw_alphas(
+    rng: np.random.Generator, n: int, ranges: Mapping[str, float]
+) -> dict[str, np.ndarray]:
     """n random step sizes per walk (walk name -> float64 array), for the edits of `ranges`."""
     alphas = {}
     for name in EDIT_NAMES:
@@ -166,6 +183,7 @@ def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) 
 
 
 # ------------------------------------------------------------------------------------ walk files
+
 
 def cached_walks_path(generator: Generator) -> Path:
     """Where the auto-learned walks of a generator live: next to the weights cache."""
@@ -194,11 +212,15 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _model_mismatch(learned: Mapping[str, Any], generator: Generator) -> str | None:
-    if learned.get("name") != generator.name or \
-            learned.get("weights_sha256") != generator.weights_sha256 or \
-            learned.get("z_dim") != generator.z_dim:
-        return (f"model {learned.get('name')!r} (weights sha256 "
-                f"{str(learned.get('weights_sha256'))[:12]}, z_dim {learned.get('z_dim')})")
+    if (
+        learned.get("name") != generator.name
+        or learned.get("weights_sha256") != generator.weights_sha256
+        or learned.get("z_dim") != generator.z_dim
+    ):
+        return (
+            f"model {learned.get('name')!r} (weights sha256 "
+            f"{str(learned.get('weights_sha256'))[:12]}, z_dim {learned.get('z_dim')})"
+        )
     return None
 
 
@@ -206,18 +228,26 @@ def load_walks(path: str | os.PathLike, generator: Generator | None = None) -> d
     """Read and check a walk file; with `generator`, refuse walks learned for another model."""
     path = Path(path)
     if not path.is_file():
-        raise SteerError(f"walk file {path} does not exist; learn one with "
-                         f"`genrep-steer --model MODEL --out {path}`")
+        raise SteerError(
+            f"walk file {path} does not exist; learn one with "
+            f"`genrep-steer --model MODEL --out {path}`"
+        )
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise SteerError(f"{path} is not a walk file of genrep-steer "
-                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise SteerError(
+            f"{path} is not a walk file of genrep-steer "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(record, dict) or record.get("format") != WALKS_FORMAT:
-        raise SteerError(f"{path} is not a walk file of genrep-steer (no {WALKS_FORMAT!r} format tag)")
+        raise SteerError(
+            f"{path} is not a walk file of genrep-steer (no {WALKS_FORMAT!r} format tag)"
+        )
     if record.get("format_version", 0) > WALKS_VERSION:
-        raise SteerError(f"{path} has walk format version {record['format_version']}; this genrep "
-                         f"reads up to {WALKS_VERSION}: upgrade genrep")
+        raise SteerError(
+            f"{path} has walk format version {record['format_version']}; this genrep "
+            f"reads up to {WALKS_VERSION}: upgrade genrep"
+        )
     walks, ranges = record.get("walks"), record.get("ranges")
     try:
         missing = [key for key in ("names", "units", "steps", "loss") if key not in record]
@@ -225,14 +255,18 @@ def load_walks(path: str | os.PathLike, generator: Generator | None = None) -> d
             raise ValueError(f"missing {', '.join(missing) or 'model'}")
         if not isinstance(ranges, dict) or not isinstance(walks, torch.Tensor) or walks.ndim != 2:
             raise ValueError("missing walks or ranges")
-        SteerConfig(transforms=tuple(ranges),
-                    **{_range_field(name): value for name, value in ranges.items()})
-        if list(record.get("names", [])) != walk_names(tuple(ranges)) or \
-                walks.shape[0] != len(record["names"]):
+        SteerConfig(
+            transforms=tuple(ranges),
+            **{_range_field(name): value for name, value in ranges.items()},
+        )
+        if list(record.get("names", [])) != walk_names(tuple(ranges)) or walks.shape[0] != len(
+            record["names"]
+        ):
             raise ValueError("walk names do not match the walks")
     except (ValueError, TypeError) as err:
-        raise SteerError(f"{path} is a damaged walk file ({err}); learn it again with genrep-steer") \
-            from None
+        raise SteerError(
+            f"{path} is a damaged walk file ({err}); learn it again with genrep-steer"
+        ) from None
     if generator is not None:
         learned_for = _model_mismatch(record.get("model", {}), generator)
         if learned_for is not None:
@@ -247,6 +281,7 @@ def load_walks(path: str | os.PathLike, generator: Generator | None = None) -> d
 
 # --------------------------------------------------------------------------------------- training
 
+
 class _Batches:
     """Latents, classes and step sizes of training step `step` (a pure function of seed and step)."""
 
@@ -256,15 +291,19 @@ class _Batches:
         self.generator, self.config = generator, config
         self.device = generator.device
         self.ranges = config.ranges()
-        self.truncation = (generator.default_truncation if config.truncation is None
-                           else config.truncation)
+        self.truncation = (
+            generator.default_truncation if config.truncation is None else config.truncation
+        )
         self.classes = resolve_classes(generator, config.classes)
 
     def draw(self, seed_index: int, n: int, stream: int):
         rng = sample_rng(self.config.seed, seed_index, stream)
         z = truncated_normal(rng, (n, self.generator.z_dim), self.truncation)
-        y = None if self.classes is None else torch.from_numpy(
-            rng.choice(np.asarray(self.classes), n)).to(self.device)
+        y = (
+            None
+            if self.classes is None
+            else torch.from_numpy(rng.choice(np.asarray(self.classes), n)).to(self.device)
+        )
         alphas = draw_alphas(rng, n, self.ranges)
         steps = torch.from_numpy(latent_steps(alphas, self.ranges)).float().to(self.device)
         alphas = {name: torch.from_numpy(value).to(self.device) for name, value in alphas.items()}
@@ -289,7 +328,9 @@ def _evaluate(generator: Generator, walks: torch.Tensor, batches: _Batches) -> f
             y_part = None if y is None else y[part]
             target, mask = batches.targets(z[part], y_part, {k: v[part] for k, v in alphas.items()})
             valid = float(mask.sum()) * target.shape[1]
-            total += float(_loss(generator, walks, z[part], y_part, steps[part], target, mask)) * valid
+            total += (
+                float(_loss(generator, walks, z[part], y_part, steps[part], target, mask)) * valid
+            )
             count += valid
     return total / max(count, 1.0)
 
@@ -303,9 +344,16 @@ def _identity(generator: Generator, config: SteerConfig) -> dict[str, Any]:
     return to_plain({"model": generator.describe(), "config": settings})
 
 
-def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLike, *,
-                resume: bool = True, checkpoint_every: int = 500, progress: bool = True,
-                log: Log = _stderr) -> dict[str, Any]:
+def learn_walks(
+    generator: Generator,
+    config: SteerConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = True,
+    checkpoint_every: int = 500,
+    progress: bool = True,
+    log: Log = _stderr,
+) -> dict[str, Any]:
     """Learn the walks of `config` for `generator` and write them atomically to `out`.
 
     A checkpoint (`<out>.ckpt`) is written every `checkpoint_every` steps and on Ctrl-C; with
@@ -317,7 +365,11 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batches = _Batches(generator, config)
-    device, names, identity = batches.device, walk_names(config.transforms), _identity(generator, config)
+    device, names, identity = (
+        batches.device,
+        walk_names(config.transforms),
+        _identity(generator, config),
+    )
     init = torch.Generator().manual_seed(config.seed)
     walks = (torch.randn(len(names), generator.z_dim, generator=init) * config.init_std).to(device)
     walks.requires_grad_(True)
@@ -329,11 +381,15 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
         try:
             state = torch.load(ckpt, map_location=device, weights_only=True)
         except Exception as err:  # noqa: BLE001
-            raise SteerError(f"cannot read checkpoint {ckpt} ({type(err).__name__}); delete it or "
-                             "pass --no-resume") from None
+            raise SteerError(
+                f"cannot read checkpoint {ckpt} ({type(err).__name__}); delete it or "
+                "pass --no-resume"
+            ) from None
         if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
-            raise SteerError(f"checkpoint {ckpt} was made for another model or config; pass "
-                             "--no-resume to start over (it is then replaced), or another --out")
+            raise SteerError(
+                f"checkpoint {ckpt} was made for another model or config; pass "
+                "--no-resume to start over (it is then replaced), or another --out"
+            )
         with torch.no_grad():
             walks.copy_(state["walks"])
         optimizer.load_state_dict(state["optimizer"])
@@ -341,17 +397,31 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
         log(f"resuming {out} from step {start} of {config.steps}")
 
     def save_checkpoint(step: int) -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": identity, "step": step,
-                      "walks": walks.detach().cpu(), "optimizer": optimizer.state_dict(),
-                      "losses": torch.tensor(losses, dtype=torch.float32),
-                      "initial_loss": initial}, ckpt)
+        atomic_torch_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": identity,
+                "step": step,
+                "walks": walks.detach().cpu(),
+                "optimizer": optimizer.state_dict(),
+                "losses": torch.tensor(losses, dtype=torch.float32),
+                "initial_loss": initial,
+            },
+            ckpt,
+        )
 
     # Gradients flow into the walks through the generator, even if a caller holds inference mode.
     with torch.inference_mode(False), torch.enable_grad():
         if initial is None:
             initial = _evaluate(generator, walks, batches)
-        bar = tqdm(total=config.steps, initial=min(start, config.steps), unit="step",
-                   disable=not progress, dynamic_ncols=True, desc=f"steer {generator.name}")
+        bar = tqdm(
+            total=config.steps,
+            initial=min(start, config.steps),
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+            desc=f"steer {generator.name}",
+        )
         step = start
         try:
             for step in range(start, config.steps):
@@ -393,8 +463,10 @@ def learn_walks(generator: Generator, config: SteerConfig, out: str | os.PathLik
     atomic_torch_save(record, out)
     save_config(config_path(out), {**config.as_dict(), **config.extra, "out": str(out)})
     ckpt.unlink(missing_ok=True)
-    log(f"wrote {len(names)} walks for {generator.name} to {out}: masked MSE on the evaluation "
-        f"batch {initial:.4f} (initial walks) -> {final:.4f} after {step} steps")
+    log(
+        f"wrote {len(names)} walks for {generator.name} to {out}: masked MSE on the evaluation "
+        f"batch {initial:.4f} (initial walks) -> {final:.4f} after {step} steps"
+    )
     return record
 
 
@@ -412,15 +484,23 @@ def cached_walks(generator: Generator, log: Log = _stderr, progress: bool = True
             return path
         remove_stale_tmp(path.parent)
         config = AUTO_LEARN_CONFIG
-        log(f"view steer: no --walks given, so learning the steering walks of {generator.name} once "
+        log(
+            f"view steer: no --walks given, so learning the steering walks of {generator.name} once "
             f"({config.num_samples} samples, batch {config.batch_size}) and caching them in {path}; "
-            "later runs reuse them")
-        learn_walks(generator, dataclasses.replace(config, extra={"model": generator.name}), path,
-                    progress=progress, log=log)
+            "later runs reuse them"
+        )
+        learn_walks(
+            generator,
+            dataclasses.replace(config, extra={"model": generator.name}),
+            path,
+            progress=progress,
+            log=log,
+        )
     return path
 
 
 # -------------------------------------------------------------------------------------------- CLI
+
 
 def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
     """`--transforms a,b,c` (or a YAML list) as a tuple of edit names."""
@@ -435,52 +515,113 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @config_option
 @generator_options
-@click.option("--classes", default=None,
-              help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
-                   "models; for the embedded model, K makes it class-conditional with K classes).")
-@click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="Walk file to write [default: the cache $GENREP_HOME/walks/MODEL-HASH.pt that "
-                   "genrep-generate --view steer uses when given no --walks].")
-@click.option("--transforms", default=",".join(EDIT_NAMES), callback=_transform_list,
-              type=click.UNPROCESSED,  # a YAML list reaches the callback as a list
-              help="Comma list of the edits to learn walks for.")
-@click.option("--shift-range", type=float, default=SteerConfig.shift_range,
-              help="Largest shift, as a fraction of the image side.")
-@click.option("--zoom-range", type=float, default=SteerConfig.zoom_range,
-              help="Largest zoom factor R: alpha in [1/R, R], log(alpha) in latent space.")
-@click.option("--rotate-2d-range", type=float, default=SteerConfig.rotate_2d_range,
-              help="Largest 2D rotation in degrees.")
-@click.option("--rotate-3d-range", type=float, default=SteerConfig.rotate_3d_range,
-              help="Largest 3D rotation (about the vertical axis) in degrees.")
-@click.option("--color-range", type=float, default=SteerConfig.color_range,
-              help="Largest offset added to a channel of the [-1, 1] image.")
-@click.option("--num-samples", type=int, default=SteerConfig.num_samples,
-              help="Training latents in all (steps = num-samples / batch-size).")
+@click.option(
+    "--classes",
+    default=None,
+    help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
+    "models; for the embedded model, K makes it class-conditional with K classes).",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Walk file to write [default: the cache $GENREP_HOME/walks/MODEL-HASH.pt that "
+    "genrep-generate --view steer uses when given no --walks].",
+)
+@click.option(
+    "--transforms",
+    default=",".join(EDIT_NAMES),
+    callback=_transform_list,
+    type=click.UNPROCESSED,  # a YAML list reaches the callback as a list
+    help="Comma list of the edits to learn walks for.",
+)
+@click.option(
+    "--shift-range",
+    type=float,
+    default=SteerConfig.shift_range,
+    help="Largest shift, as a fraction of the image side.",
+)
+@click.option(
+    "--zoom-range",
+    type=float,
+    default=SteerConfig.zoom_range,
+    help="Largest zoom factor R: alpha in [1/R, R], log(alpha) in latent space.",
+)
+@click.option(
+    "--rotate-2d-range",
+    type=float,
+    default=SteerConfig.rotate_2d_range,
+    help="Largest 2D rotation in degrees.",
+)
+@click.option(
+    "--rotate-3d-range",
+    type=float,
+    default=SteerConfig.rotate_3d_range,
+    help="Largest 3D rotation (about the vertical axis) in degrees.",
+)
+@click.option(
+    "--color-range",
+    type=float,
+    default=SteerConfig.color_range,
+    help="Largest offset added to a channel of the [-1, 1] image.",
+)
+@click.option(
+    "--num-samples",
+    type=int,
+    default=SteerConfig.num_samples,
+    help="Training latents in all (steps = num-samples / batch-size).",
+)
 @click.option("--batch-size", type=int, default=SteerConfig.batch_size)
 @click.option("--lr", type=float, default=SteerConfig.lr, help="Learning rate.")
-@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=SteerConfig.lr_schedule,
-              help="constant (as GenRep), or cosine annealing to 0 over the run.")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(list(LR_SCHEDULES)),
+    default=SteerConfig.lr_schedule,
+    help="constant (as GenRep), or cosine annealing to 0 over the run.",
+)
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=SteerConfig.optimizer)
-@click.option("--init-std", type=float, default=SteerConfig.init_std,
-              help="Std of the random initial walks.")
-@click.option("--truncation", type=float, default=None,
-              help="Training latents z ~ N_t(0, 1, t) [default: the model's].")
-@click.option("--eval-size", type=int, default=SteerConfig.eval_size,
-              help="Latents of the fixed batch the initial and final losses are measured on.")
+@click.option(
+    "--init-std", type=float, default=SteerConfig.init_std, help="Std of the random initial walks."
+)
+@click.option(
+    "--truncation",
+    type=float,
+    default=None,
+    help="Training latents z ~ N_t(0, 1, t) [default: the model's].",
+)
+@click.option(
+    "--eval-size",
+    type=int,
+    default=SteerConfig.eval_size,
+    help="Latents of the fixed batch the initial and final losses are measured on.",
+)
 @click.option("--seed", type=int, default=0)
 @click.option("--device", default="cpu", help="torch device, e.g. cuda or cuda:1.")
 @click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
-@click.option("--resume/--no-resume", default=True,
-              help="Continue from the checkpoint OUT.ckpt of an interrupted run.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    help="Continue from the checkpoint OUT.ckpt of an interrupted run.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing walk file.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def main(model: str, weights: str | None, model_option: dict[str, str], device: str,
-         out: str | None, checkpoint_every: int, resume: bool, overwrite: bool, progress: bool,
-         **settings: Any) -> None:
+def main(
+    model: str,
+    weights: str | None,
+    model_option: dict[str, str],
+    device: str,
+    out: str | None,
+    checkpoint_every: int,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    **settings: Any,
+) -> None:
     """Learn the steering walks (shift, zoom, 2D/3D rotation, color) of a generator (App. B).
 
     The walk file feeds `genrep-generate --view steer --walks FILE`.
     """
+
     def log(message: str) -> None:
         click.echo(message, err=True)
 
@@ -489,11 +630,19 @@ def main(model: str, weights: str | None, model_option: dict[str, str], device: 
     except RuntimeError as err:  # torch's message for a device string it does not know
         raise click.BadParameter(str(err).splitlines()[0], param_hint="--device") from None
     try:
-        config = SteerConfig(**settings, extra={"model": model, "weights": weights,
-                                                "model_option": model_option, "device": device,
-                                                "checkpoint_every": checkpoint_every})
-        generator = build_generator(model, weights=weights, classes=settings["classes"],
-                                    device=torch_device, **model_option)
+        config = SteerConfig(
+            **settings,
+            extra={
+                "model": model,
+                "weights": weights,
+                "model_option": model_option,
+                "device": device,
+                "checkpoint_every": checkpoint_every,
+            },
+        )
+        generator = build_generator(
+            model, weights=weights, classes=settings["classes"], device=torch_device, **model_option
+        )
     except TypeError as err:
         raise click.UsageError(f"bad --model-option for {model!r}: {err}") from None
     except (RegistryError, ValueError) as err:
@@ -502,8 +651,15 @@ def main(model: str, weights: str | None, model_option: dict[str, str], device: 
     if path.exists() and not overwrite:
         raise click.UsageError(f"{path} exists; pass --overwrite to replace it, or another --out")
     try:
-        learn_walks(generator, config, path, resume=resume, checkpoint_every=checkpoint_every,
-                    progress=progress, log=log)
+        learn_walks(
+            generator,
+            config,
+            path,
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+            progress=progress,
+            log=log,
+        )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
 

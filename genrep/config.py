@@ -7,8 +7,9 @@ on the command line still win. Unknown keys are an error, so a typo never silent
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
@@ -33,8 +34,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     for key, value in data.items():
         param = params.get(str(key).replace("-", "_"))
         if param is None:
-            valid = sorted({p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
-                            for p in params.values()})
+            valid = sorted(
+                {
+                    p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
+                    for p in params.values()
+                }
+            )
             raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
         if getattr(param, "multiple", False) and isinstance(value, dict):
             value = [f"{k}={v}" for k, v in value.items()]  # a KEY=VALUE option as a mapping
@@ -55,8 +60,9 @@ def config_option(command: Callable) -> Callable:
     )(command)
 
 
-def parse_key_values(_ctx: click.Context | None, _param: click.Parameter | None,
-                     values: Any) -> dict[str, Any]:
+def parse_key_values(
+    _ctx: click.Context | None, _param: click.Parameter | None, values: Any
+) -> dict[str, Any]:
     """Click callback: repeated `KEY=VALUE` flags as a dict, values typed as YAML (`64` is an int)."""
     options = {}
     for item in values or ():

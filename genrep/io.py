@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -47,7 +48,12 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
         parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
-        if len(parts) == 3 and parts[1] == host and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+        if (
+            len(parts) == 3
+            and parts[1] == host
+            and parts[2].isdigit()
+            and not _pid_alive(int(parts[2]))
+        ):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

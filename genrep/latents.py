@@ -16,8 +16,12 @@ def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=seed, counter=[0, 0, stream, index]))
 
 
-def truncated_normal(rng: np.random.Generator, shape: int | tuple[int, ...],
-                     truncation: float | None, std: float = 1.0) -> np.ndarray:
+def truncated_normal(
+    rng: np.random.Generator,
+    shape: int | tuple[int, ...],
+    truncation: float | None,
+    std: float = 1.0,
+) -> np.ndarray:
     """Draws of N(0, std) restricted to |x| <= truncation * std (eq. 9-10 of the paper).
 
     `truncation=None` or `inf` gives an untruncated normal. Out-of-range values are redrawn, as in

@@ -10,8 +10,9 @@ import contextlib
 import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from genrep.io import atomic_write_bytes
 from genrep.shards import FORMAT_NAME, FORMAT_VERSION
@@ -37,7 +38,9 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ManifestError(f"{path} is not readable JSON ({err}); restore it from the dataset's source")
+        raise ManifestError(
+            f"{path} is not readable JSON ({err}); restore it from the dataset's source"
+        ) from None
     if manifest.get("format") != FORMAT_NAME:
         raise ManifestError(f"{path} is not a {FORMAT_NAME} manifest")
     version = manifest.get("format_version")
@@ -69,7 +72,9 @@ def find_dataset(folder: str | Path) -> Path:
     raise ManifestError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
 
 
-def load_dataset(folder: str | Path, require_complete: bool = True) -> tuple[dict[str, Any], list[Path]]:
+def load_dataset(
+    folder: str | Path, require_complete: bool = True
+) -> tuple[dict[str, Any], list[Path]]:
     """Manifest and shard paths of a dataset folder, checking the shards it lists are present."""
     folder = find_dataset(folder)
     manifest = read_manifest(folder)
@@ -80,7 +85,9 @@ def load_dataset(folder: str | Path, require_complete: bool = True) -> tuple[dic
     paths = [folder / entry["name"] for entry in manifest["shards"]]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
-        raise ManifestError(f"{folder} lacks shards listed in its manifest: {', '.join(missing[:5])}")
+        raise ManifestError(
+            f"{folder} lacks shards listed in its manifest: {', '.join(missing[:5])}"
+        )
     return manifest, paths
 
 

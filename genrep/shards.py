@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -85,9 +86,16 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_sample(index: int, anchor: bytes, neighbors: list[bytes], fmt: str,
-                  latent: np.ndarray, neighbor_latents: np.ndarray | None,
-                  label: int | None, meta: dict[str, Any]) -> dict[str, bytes | str]:
+def encode_sample(
+    index: int,
+    anchor: bytes,
+    neighbors: list[bytes],
+    fmt: str,
+    latent: np.ndarray,
+    neighbor_latents: np.ndarray | None,
+    label: int | None,
+    meta: dict[str, Any],
+) -> dict[str, bytes | str]:
     """The tar members of one sample (already-encoded images in, member bytes out)."""
     fields: dict[str, bytes | str] = {"__key__": sample_key(index), f"anchor.{fmt}": anchor}
     for j, data in enumerate(neighbors):
@@ -105,8 +113,9 @@ def write_shard(fileobj: BinaryIO, samples: list[dict[str, bytes | str]]) -> Non
     """Write encoded samples as one byte-reproducible tar (fixed mtime, owner and mode)."""
     import webdataset as wds
 
-    writer = wds.TarWriter(fileobj, user=TAR_USER, group=TAR_USER, mode=0o444, encoder=False,
-                           mtime=TAR_MTIME)
+    writer = wds.TarWriter(
+        fileobj, user=TAR_USER, group=TAR_USER, mode=0o444, encoder=False, mtime=TAR_MTIME
+    )
     for sample in samples:
         writer.write(sample)
     writer.close()
@@ -131,20 +140,21 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
     """
     key = str(raw.get("__key__", "?"))
     try:
-        anchor_field = next((f"anchor.{ext}" for ext in IMAGE_FORMATS if f"anchor.{ext}" in raw),
-                            None)
+        anchor_field = next(
+            (f"anchor.{ext}" for ext in IMAGE_FORMATS if f"anchor.{ext}" in raw), None
+        )
         if anchor_field is None:
             raise ShardFormatError("no anchor image")
         anchor = decode_image(raw[anchor_field])
-        indexed = sorted((int(m.group(1)), name) for name in raw
-                         if (m := _NEIGHBOR_RE.match(name)))
+        indexed = sorted((int(m.group(1)), name) for name in raw if (m := _NEIGHBOR_RE.match(name)))
         if [i for i, _ in indexed] != list(range(len(indexed))):
             raise ShardFormatError("neighbor views are not numbered 0..K-1")
         neighbors = [decode_image(raw[name]) for _, name in indexed]
         label = int(raw["cls"].decode()) if "cls" in raw else None
         latent = decode_npy(raw["latent.npy"]) if "latent.npy" in raw else None
-        neighbor_latents = (decode_npy(raw["neighbor_latent.npy"])
-                            if "neighbor_latent.npy" in raw else None)
+        neighbor_latents = (
+            decode_npy(raw["neighbor_latent.npy"]) if "neighbor_latent.npy" in raw else None
+        )
         meta = json.loads(raw["json"].decode()) if "json" in raw else {}
     except ShardFormatError as err:
         raise ShardFormatError(f"sample {key}: {err}") from None
@@ -158,8 +168,10 @@ def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     import webdataset as wds
 
     with open(path, "rb") as stream:
-        members = ({**member, "__url__": str(path)}
-                   for member in wds.tariterators.tar_file_iterator(stream))
+        members = (
+            {**member, "__url__": str(path)}
+            for member in wds.tariterators.tar_file_iterator(stream)
+        )
         yield from wds.tariterators.group_by_keys(members)
 
 

@@ -120,6 +120,6 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
     for r, row in enumerate(grid):
         for c, image in enumerate(row):
             y, x = r * (side + gap), c * (side + gap)
-            sheet[y:y + side, x:x + side] = np.asarray(image.resize((side, side)))
+            sheet[y : y + side, x : x + side] = np.asarray(image.resize((side, side)))
     Image.fromarray(sheet).save(out)
     click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")

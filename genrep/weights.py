@@ -73,15 +73,18 @@ def downloads_disabled() -> bool:
     return os.environ.get("GENREP_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
 
 
-def resolve_weights(spec: WeightsSpec | None, weights: str | os.PathLike | None,
-                    *, model: str) -> ResolvedWeights:
+def resolve_weights(
+    spec: WeightsSpec | None, weights: str | os.PathLike | None, *, model: str
+) -> ResolvedWeights:
     """The weights file for `model`: `weights` if given, else the cache, else a download."""
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_dir():
             if spec is None:
-                raise WeightsError(f"--weights {path} is a folder; {model} needs the checkpoint "
-                                   "file itself (a .pt, .pth or .pkl)")
+                raise WeightsError(
+                    f"--weights {path} is a folder; {model} needs the checkpoint "
+                    "file itself (a .pt, .pth or .pkl)"
+                )
             path = path / spec.filename
         if not path.is_file():
             raise WeightsError(f"--weights: no file {path} (for {model})")
@@ -92,8 +95,10 @@ def resolve_weights(spec: WeightsSpec | None, weights: str | os.PathLike | None,
     if cached.is_file():
         digest = sha256_file(cached)
         if spec.sha256 is not None and digest != spec.sha256:
-            raise WeightsError(f"cached {cached} has sha256 {digest}, expected {spec.sha256}; "
-                               f"delete it so it is downloaded again from {spec.urls[0]}")
+            raise WeightsError(
+                f"cached {cached} has sha256 {digest}, expected {spec.sha256}; "
+                f"delete it so it is downloaded again from {spec.urls[0]}"
+            )
         return ResolvedWeights(cached, digest)
     return ResolvedWeights(cached, download(spec, cached, model=model))
 
@@ -102,8 +107,10 @@ def download(spec: WeightsSpec, dest: Path, *, model: str) -> str:
     """Fetch `spec` into `dest` (atomically, after its checksum matched); returns its sha256."""
     where = f"put it at {dest} or pass --weights FILE"
     if downloads_disabled():
-        raise WeightsError(f"{model} weights {spec.filename} are not cached and GENREP_OFFLINE is "
-                           f"set: download {spec.urls[0]} and {where}")
+        raise WeightsError(
+            f"{model} weights {spec.filename} are not cached and GENREP_OFFLINE is "
+            f"set: download {spec.urls[0]} and {where}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in spec.urls:
@@ -119,8 +126,10 @@ def download(spec: WeightsSpec, dest: Path, *, model: str) -> str:
             failures.append(f"{url}: {getattr(err, 'reason', err)}")
         finally:
             tmp.unlink(missing_ok=True)
-    raise WeightsError(f"cannot fetch {model} weights {spec.filename} ({'; '.join(failures)}): "
-                       f"download {spec.urls[0]} and {where}")
+    raise WeightsError(
+        f"cannot fetch {model} weights {spec.filename} ({'; '.join(failures)}): "
+        f"download {spec.urls[0]} and {where}"
+    )
 
 
 def _fetch(url: str, tmp: Path) -> str:
@@ -129,11 +138,19 @@ def _fetch(url: str, tmp: Path) -> str:
 
     digest = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": "genrep"})
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-            open(tmp, "wb") as out:
+    with (
+        urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response,
+        open(tmp, "wb") as out,
+    ):
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=tmp.name.split(".tmp")[0],
-                  disable=None, leave=False) as bar:
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=tmp.name.split(".tmp")[0],
+            disable=None,
+            leave=False,
+        ) as bar:
             while block := response.read(_CHUNK):
                 out.write(block)
                 digest.update(block)
@@ -195,12 +212,14 @@ class EasyDict(dict):
     """Stand-in for dnnlib.util.EasyDict: a dict (its attribute access is not needed here)."""
 
 
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(
+    storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None
+):
     if hooks:
         raise WeightsError("the pickle attaches hooks to a tensor")
-    return torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
-                                           collections.OrderedDict(), metadata)
+    return torch._utils._rebuild_tensor_v2(
+        storage, offset, size, stride, requires_grad, collections.OrderedDict(), metadata
+    )
 
 
 def _rebuild_parameter(data, requires_grad, hooks):
@@ -245,8 +264,9 @@ NVIDIA_PICKLE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, allowed: Mapping[tuple[str, str], Callable[..., Any]],
-                 source: str) -> None:
+    def __init__(
+        self, file, allowed: Mapping[tuple[str, str], Callable[..., Any]], source: str
+    ) -> None:
         super().__init__(file)
         self._allowed = allowed
         self._source = source
@@ -257,16 +277,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise WeightsError(f"{self._source} names the global {module}.{name}, which genrep "
-                               "does not load (only network snapshots are allowed)") from None
+            raise WeightsError(
+                f"{self._source} names the global {module}.{name}, which genrep "
+                "does not load (only network snapshots are allowed)"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise WeightsError(f"{self._source} uses pickle persistent ids, which genrep does not load")
 
 
-def load_restricted_pickle(path: str | os.PathLike,
-                           allowed: Mapping[tuple[str, str], Callable[..., Any]]
-                           = NVIDIA_PICKLE_GLOBALS) -> Any:
+def load_restricted_pickle(
+    path: str | os.PathLike,
+    allowed: Mapping[tuple[str, str], Callable[..., Any]] = NVIDIA_PICKLE_GLOBALS,
+) -> Any:
     """Unpickle `path` allowing only the globals of `allowed` (mapped to their stand-ins)."""
     with open(path, "rb") as f:
         try:
@@ -274,5 +297,6 @@ def load_restricted_pickle(path: str | os.PathLike,
         except WeightsError:
             raise
         except Exception as err:  # a corrupt pickle, whatever the parser says
-            raise WeightsError(f"{path} is not a readable pickle ({type(err).__name__}: {err})") \
-                from None
+            raise WeightsError(
+                f"{path} is not a readable pickle ({type(err).__name__}: {err})"
+            ) from None

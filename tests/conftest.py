@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from genrep.generate.cli import main as generate_main
 
 
-
 @pytest.fixture(autouse=True, scope="session")
 def _private_genrep_home(tmp_path_factory):
     """Tests never read or write the user's weights/feature cache."""

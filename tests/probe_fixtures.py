@@ -13,7 +13,14 @@ from PIL import Image
 from genrep.evaluate.datasets import VOC_CLASSES
 
 # Distinct solid colours, so that even a random-weight encoder tells the classes apart.
-PALETTE = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40), (200, 40, 210), (40, 210, 210)]
+PALETTE = [
+    (220, 30, 30),
+    (30, 200, 40),
+    (40, 60, 230),
+    (230, 220, 40),
+    (200, 40, 210),
+    (40, 210, 210),
+]
 
 
 def class_image(label: int, index: int, size: int = 40) -> Image.Image:
@@ -24,17 +31,23 @@ def class_image(label: int, index: int, size: int = 40) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def write_imagefolder(root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4) -> Path:
+def write_imagefolder(
+    root: Path, classes: int = 3, train_per_class: int = 8, val_per_class: int = 4
+) -> Path:
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for label in range(classes):
             folder = root / split / f"class{label}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                class_image(label, i + (1000 if split == "val" else 0)).save(folder / f"{i:03d}.png")
+                class_image(label, i + (1000 if split == "val" else 0)).save(
+                    folder / f"{i:03d}.png"
+                )
     return root
 
 
-def write_images_as_imagefolder(root: Path, images: dict[str, list[tuple[np.ndarray, int]]]) -> Path:
+def write_images_as_imagefolder(
+    root: Path, images: dict[str, list[tuple[np.ndarray, int]]]
+) -> Path:
     """Write grey uint8 arrays into an ImageFolder layout, one folder per label."""
     for split, samples in images.items():
         for i, (pixels, label) in enumerate(samples):
@@ -59,7 +72,9 @@ def write_voc07(root: Path, trainval: int = 40, test: int = 20) -> Path:
         ids = [f"{first + i:06d}" for i in range(count)]
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
         for i, image_id in enumerate(ids):
-            class_image(i % len(PALETTE), first + i, size=48).save(voc / "JPEGImages" / f"{image_id}.jpg")
+            class_image(i % len(PALETTE), first + i, size=48).save(
+                voc / "JPEGImages" / f"{image_id}.jpg"
+            )
             objects = "".join(
                 f"<object><name>{name}</name><difficult>{int(difficult)}</difficult></object>"
                 for name, difficult in voc_objects(i)
@@ -101,7 +116,9 @@ def write_stanford_cars(
         records = []
         for i in range(classes * count):
             fname, label = f"{i + 1:05d}.jpg", i % classes
-            class_image(label, i + (500 if split == "test" else 0)).save(root / f"cars_{split}" / fname)
+            class_image(label, i + (500 if split == "test" else 0)).save(
+                root / f"cars_{split}" / fname
+            )
             records.append((fname, label + 1))  # the devkit counts classes from 1
         _annotations_mat(mat, records)
     savemat(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,9 @@ def test_parameters_are_a_function_of_the_seed():
 
 def test_pixels_do_not_depend_on_the_batch(generator):
     z = torch.randn(9, generator.z_dim, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(generator(z), torch.cat([generator(z[:4]), generator(z[4:5]), generator(z[5:])]))
+    assert torch.equal(
+        generator(z), torch.cat([generator(z[:4]), generator(z[4:5]), generator(z[5:])])
+    )
 
 
 def test_distance_grows_monotonically_with_latent_step(generator):
@@ -50,7 +54,7 @@ def test_distance_grows_monotonically_with_latent_step(generator):
     anchor = generator(z)
     steps = [0.05, 0.1, 0.2, 0.5, 1, 2]
     distance = [(generator(z + s * direction) - anchor).abs().mean().item() for s in steps]
-    assert all(a < b for a, b in zip(distance, distance[1:])), distance
+    assert all(a < b for a, b in itertools.pairwise(distance)), distance
     independent = (generator(torch.randn(32, generator.z_dim, generator=gen)) - anchor).abs().mean()
     assert independent > 5 * distance[0]
     assert independent > 0.3
@@ -87,8 +91,10 @@ def test_part_of_z_moves_content_spatially(generator):
     for axis, direction in (("x", generator.geometry_dirs[0]), ("y", generator.geometry_dirs[1])):
         moved = generator(z + step * direction.float())
         before = generator(z)
-        shifts = [_phase_correlation_shift(before[i].mean(0).numpy(), moved[i].mean(0).numpy())
-                  for i in range(len(z))]
+        shifts = [
+            _phase_correlation_shift(before[i].mean(0).numpy(), moved[i].mean(0).numpy())
+            for i in range(len(z))
+        ]
         measured = np.median([s[1] if axis == "x" else s[0] for s in shifts])
         assert abs(measured - expected) <= 1.5, (axis, measured, expected)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import run_generate
+
 from genrep.generate.models import build_generator
 from genrep.generate.pipeline import GenerateError, resolve_classes
 from genrep.manifest import load_dataset, read_manifest
@@ -25,8 +23,10 @@ from genrep.shards import decode_sample, iter_raw_samples
 
 
 def shard_bytes(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.glob("shard-*.tar"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.glob("shard-*.tar"))
+    }
 
 
 def samples(folder: Path):
@@ -39,10 +39,18 @@ def test_dataset_layout_manifest_and_card(make_dataset):
     manifest, paths = load_dataset(out)
     assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     assert manifest["complete"] and manifest["format_version"] == 1
-    assert manifest["generator"]["name"] == "embedded" and len(manifest["generator"]["weights_sha256"]) == 64
+    assert (
+        manifest["generator"]["name"] == "embedded"
+        and len(manifest["generator"]["weights_sha256"]) == 64
+    )
     assert manifest["view"] == {"name": "gaussian", "params": {"sigma": 0.2, "truncation": 2.0}}
     assert manifest["seed"] == 3 and manifest["n"] == 10
-    assert manifest["image"] == {"size": 32, "format": "jpg", "quality": 95, "resize": "center-crop"}
+    assert manifest["image"] == {
+        "size": 32,
+        "format": "jpg",
+        "quality": 95,
+        "resize": "center-crop",
+    }
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
     for entry in manifest["shards"]:
         data = (out / entry["name"]).read_bytes()
@@ -61,8 +69,13 @@ def test_tar_members_are_reproducible_and_keys_have_no_dots(make_dataset):
         members = tar.getmembers()
     assert {m.mtime for m in members} == {0} and {m.uname for m in members} == {"genrep"}
     names = [m.name for m in members]
-    assert names[:5] == ["000000000.anchor.jpg", "000000000.json", "000000000.latent.npy",
-                         "000000000.neighbor_0.jpg", "000000000.neighbor_latent.npy"]
+    assert names[:5] == [
+        "000000000.anchor.jpg",
+        "000000000.json",
+        "000000000.latent.npy",
+        "000000000.neighbor_0.jpg",
+        "000000000.neighbor_latent.npy",
+    ]
     assert all("." not in name.split(".")[0] for name in names)
 
 
@@ -114,7 +127,9 @@ def test_image_formats(make_dataset, fmt):
 
 def test_center_crop_is_the_central_square_and_resize_keeps_the_whole_image(make_dataset):
     crop = samples(make_dataset("crop", "--n", "1", "--format", "png"))[0]
-    resized = samples(make_dataset("resize", "--n", "1", "--format", "png", "--resize", "resize"))[0]
+    resized = samples(make_dataset("resize", "--n", "1", "--format", "png", "--resize", "resize"))[
+        0
+    ]
     full = samples(make_dataset("full", "--n", "1", "--format", "png", "--size", "128"))[0]
     assert np.array_equal(np.asarray(crop.anchor), np.asarray(full.anchor)[48:80, 48:80])
     small = np.asarray(full.anchor.resize((32, 32), 2)).astype(float)  # bilinear
@@ -126,7 +141,17 @@ def test_same_command_is_byte_identical_for_any_workers_and_batch_size(make_data
     reference = shard_bytes(make_dataset("a", *flags, "--batch-size", "64"))
     assert shard_bytes(make_dataset("b", *flags, "--batch-size", "5")) == reference
     out = make_dataset("c", *flags)
-    run_generate("--size", "32", "--workers", "2", "--batch-size", "3", "--out", str(out.parent / "d"), *flags)
+    run_generate(
+        "--size",
+        "32",
+        "--workers",
+        "2",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out.parent / "d"),
+        *flags,
+    )
     assert shard_bytes(out.parent / "d") == reference
     assert shard_bytes(make_dataset("e", *flags, "--seed", "1")) != reference
 
@@ -136,7 +161,9 @@ def test_shard_ranges_split_the_work_and_merge_into_one_dataset(make_dataset, tm
     reference = make_dataset("whole", *flags)
     split = tmp_path / "split"
     for shard_range in ("2:", "0:2"):
-        run_generate("--size", "32", "--workers", "0", "--out", str(split), "--shards", shard_range, *flags)
+        run_generate(
+            "--size", "32", "--workers", "0", "--out", str(split), "--shards", shard_range, *flags
+        )
         if shard_range == "2:":
             assert not read_manifest(split)["complete"]
     assert read_manifest(split)["complete"]
@@ -150,7 +177,10 @@ def test_torchrun_ranks_take_disjoint_shares(make_dataset, tmp_path, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     run_generate("--out", str(out), *flags)
-    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000001.tar", "shard-000003.tar"]
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == [
+        "shard-000001.tar",
+        "shard-000003.tar",
+    ]
     monkeypatch.setenv("RANK", "0")
     run_generate("--out", str(out), *flags)
     assert read_manifest(out)["complete"]
@@ -160,9 +190,26 @@ def test_torchrun_ranks_take_disjoint_shares(make_dataset, tmp_path, monkeypatch
 
 
 def _generate_process(out: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "genrep.generate.cli", "--no-progress", "--size", "32",
-               "--n", "40", "--shard-size", "2", "--neighbors", "2", "--workers", "1",
-               "--batch-size", "3", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "genrep.generate.cli",
+        "--no-progress",
+        "--size",
+        "32",
+        "--n",
+        "40",
+        "--shard-size",
+        "2",
+        "--neighbors",
+        "2",
+        "--workers",
+        "1",
+        "--batch-size",
+        "3",
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -195,8 +242,20 @@ def test_memory_stays_flat_as_n_grows(tmp_path):
     peaks = []
     for n in (30, 300):
         tracemalloc.start()
-        run_generate("--size", "64", "--format", "png", "--n", str(n), "--shard-size", "15",
-                     "--workers", "0", "--out", str(tmp_path / str(n)))
+        run_generate(
+            "--size",
+            "64",
+            "--format",
+            "png",
+            "--n",
+            str(n),
+            "--shard-size",
+            "15",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / str(n)),
+        )
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     # Holding all 300 x 2 encoded images (~10 KB png each) would add ~6 MB; a shard is ~0.3 MB.
@@ -217,33 +276,49 @@ def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
 
 def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
     out = tmp_path / "ds"
-    run_generate("--n", "2", "--size", "32", "--workers", "0", "--model-option", "resolution=64",
-                 "--out", str(out))
+    run_generate(
+        "--n",
+        "2",
+        "--size",
+        "32",
+        "--workers",
+        "0",
+        "--model-option",
+        "resolution=64",
+        "--out",
+        str(out),
+    )
     manifest = read_manifest(out)
-    assert manifest["generator"]["resolution"] == 64 and manifest["config"]["model_option"] == {"resolution": 64}
+    assert manifest["generator"]["resolution"] == 64 and manifest["config"]["model_option"] == {
+        "resolution": 64
+    }
     before = shard_bytes(out)
     run_generate("--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"))
     assert shard_bytes(tmp_path / "again") == before
-    result = run_generate("--n", "2", "--model-option", "resolution", "--out", str(tmp_path / "x"),
-                          expect_ok=False)
+    result = run_generate(
+        "--n", "2", "--model-option", "resolution", "--out", str(tmp_path / "x"), expect_ok=False
+    )
     assert result.exit_code == 2 and "'resolution' is not KEY=VALUE" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "biggan-deep-9000"], "unknown model 'biggan-deep-9000'; choose one of: "),
-    (["--view", "wobble"], "unknown view 'wobble'; choose one of: gaussian, independent, none"),
-    (["--n", "0"], "--n must be > 0"),
-    (["--n", "-3"], "--n must be > 0"),
-    ([], "pass --n"),
-    (["--view", "independent"], "view 'independent' needs a class-conditional model"),
-    (["--view", "none", "--sigma", "0.5"], "--sigma does not apply to view 'none'"),
-    (["--classes", "3", "--per-class", "2", "--n", "7"], "--n 7 disagrees with --per-class 2"),
-    (["--classes", "two"], "--classes for the embedded generator is a number of classes K"),
-    (["--size", "256"], "smaller than --size 256"),
-    (["--shards", "5"], "is not START:STOP"),
-    (["--per-class", "3"], "--per-class needs a class-conditional model"),
-    (["--truncation", "-1"], "--truncation must be > 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "biggan-deep-9000"], "unknown model 'biggan-deep-9000'; choose one of: "),
+        (["--view", "wobble"], "unknown view 'wobble'; choose one of: gaussian, independent, none"),
+        (["--n", "0"], "--n must be > 0"),
+        (["--n", "-3"], "--n must be > 0"),
+        ([], "pass --n"),
+        (["--view", "independent"], "view 'independent' needs a class-conditional model"),
+        (["--view", "none", "--sigma", "0.5"], "--sigma does not apply to view 'none'"),
+        (["--classes", "3", "--per-class", "2", "--n", "7"], "--n 7 disagrees with --per-class 2"),
+        (["--classes", "two"], "--classes for the embedded generator is a number of classes K"),
+        (["--size", "256"], "smaller than --size 256"),
+        (["--shards", "5"], "is not START:STOP"),
+        (["--per-class", "3"], "--per-class needs a class-conditional model"),
+        (["--truncation", "-1"], "--truncation must be > 0"),
+    ],
+)
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     if args and args[0] != "--n" and "--n" not in args and "--per-class" not in args:
         args = [*args, "--n", "4"]
@@ -266,19 +341,34 @@ def test_class_selection_specs():
         resolve_classes(generator, "evens")
     unconditional = build_generator("embedded", resolution=32)
     assert resolve_classes(unconditional, None) is None
-    with pytest.raises(GenerateError, match="--classes does not apply: model 'embedded' is unconditional"):
+    with pytest.raises(
+        GenerateError, match="--classes does not apply: model 'embedded' is unconditional"
+    ):
         resolve_classes(unconditional, "all")
 
 
 def test_existing_dataset_with_another_config_is_left_untouched(make_dataset):
     out = make_dataset("ds", "--n", "6", "--shard-size", "3")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    result = run_generate("--size", "32", "--workers", "0", "--out", str(out), "--n", "7",
-                          "--shard-size", "3", expect_ok=False)
+    result = run_generate(
+        "--size",
+        "32",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "--n",
+        "7",
+        "--shard-size",
+        "3",
+        expect_ok=False,
+    )
     assert result.exit_code == 2 and "different config (differs in: n)" in result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # the same config is a no-op resume
-    run_generate("--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3")
+    run_generate(
+        "--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3"
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -18,8 +18,9 @@ CHANNELS = [16 * WIDTH, 16 * WIDTH, 8 * WIDTH, 4 * WIDTH, 2 * WIDTH, WIDTH]  # 4
 CHUNK, EMBED, ATTENTION_BLOCK = 20, 128, 3
 
 
-def _sn(state: dict, prefix: str, shape: tuple[int, ...], gen: torch.Generator,
-        bias: bool = True) -> None:
+def _sn(
+    state: dict, prefix: str, shape: tuple[int, ...], gen: torch.Generator, bias: bool = True
+) -> None:
     """An SNConv2d/SNLinear of BigGAN-PyTorch: weight, bias, u0 (and the logged sv0)."""
     state[prefix + "weight"] = torch.randn(shape, generator=gen) * 0.2
     if bias:
@@ -94,7 +95,7 @@ def test_deterministic_and_batch_independent(model):
 def test_every_z_chunk_is_used(model):
     z = torch.randn(1, 120, generator=torch.Generator().manual_seed(2)).repeat(7, 1)
     for chunk in range(6):  # row chunk + 1 moves one chunk of z; row 0 is the original
-        z[chunk + 1, chunk * CHUNK:(chunk + 1) * CHUNK] += 1.0
+        z[chunk + 1, chunk * CHUNK : (chunk + 1) * CHUNK] += 1.0
     with torch.no_grad():
         images = model(z)
     for chunk in range(6):
@@ -110,12 +111,16 @@ def test_logged_singular_values_are_optional(checkpoint, model, tmp_path):
         assert torch.equal(build_generator("bigbigan", weights=str(path))(z), model(z))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.update({"blocks.0.0.extra": torch.zeros(1)}), "unexpected: blocks.0.0.extra"),
-    (lambda s: s.pop("blocks.2.0.bn1.stored_var"), "missing: blocks.2.0.bn1.stored_var"),
-    (lambda s: s.pop("blocks.1.0.conv2.u0"), "blocks.1.0.conv2.u0 is missing"),
-    (lambda s: s["shared.weight"].__setitem__(5, 0.0), "class-conditional"),
-], ids=["extra-key", "missing-key", "missing-u0", "conditional"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update({"blocks.0.0.extra": torch.zeros(1)}), "unexpected: blocks.0.0.extra"),
+        (lambda s: s.pop("blocks.2.0.bn1.stored_var"), "missing: blocks.2.0.bn1.stored_var"),
+        (lambda s: s.pop("blocks.1.0.conv2.u0"), "blocks.1.0.conv2.u0 is missing"),
+        (lambda s: s["shared.weight"].__setitem__(5, 0.0), "class-conditional"),
+    ],
+    ids=["extra-key", "missing-key", "missing-u0", "conditional"],
+)
 def test_strict_loading(checkpoint, tmp_path, change, message):
     state = torch.load(checkpoint, weights_only=True)
     change(state)

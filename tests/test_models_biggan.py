@@ -51,9 +51,10 @@ def _reference(config: dict, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name, truncation, batch", [("biggan-deep-128", 0.4, 2),
-                                                     ("biggan-deep-256", 1.0, 1),
-                                                     ("biggan-deep-512", 0.6, 1)])
+@pytest.mark.parametrize(
+    "name, truncation, batch",
+    [("biggan-deep-128", 0.4, 2), ("biggan-deep-256", 1.0, 1), ("biggan-deep-512", 0.6, 1)],
+)
 def test_outputs_match_reference(name, truncation, batch, tmp_path):
     config = {**read_json(f"{name}-config.json"), "channel_width": 4}
     reference = _reference(config)
@@ -189,13 +190,32 @@ def test_generate_cli_with_biggan_imagenet100(full_size_128, tmp_path):
     from genrep.shards import decode_sample, iter_raw_samples
 
     out = tmp_path / "ds"
-    run_generate("--model", "biggan-deep-128", "--weights", str(full_size_128),
-                 "--classes", "imagenet100", "--n", "2", "--view", "independent", "--size", "32",
-                 "--batch-size", "4", "--workers", "0", "--out", str(out))
+    run_generate(
+        "--model",
+        "biggan-deep-128",
+        "--weights",
+        str(full_size_128),
+        "--classes",
+        "imagenet100",
+        "--n",
+        "2",
+        "--view",
+        "independent",
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+    )
     manifest, shards = load_dataset(out)
     assert manifest["generator"]["name"] == "biggan-deep-128"
-    assert manifest["generator"]["weights_sha256"] == \
-        hashlib.sha256(full_size_128.read_bytes()).hexdigest()
+    assert (
+        manifest["generator"]["weights_sha256"]
+        == hashlib.sha256(full_size_128.read_bytes()).hexdigest()
+    )
     samples = [decode_sample(raw) for shard in shards for raw in iter_raw_samples(shard)]
     assert len(samples) == 2
     for sample in samples:

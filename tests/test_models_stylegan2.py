@@ -39,22 +39,39 @@ def make_tensors(channels: list[int], seed: int = 0) -> dict:
         return torch.randn(shape, generator=gen) * scale
 
     def layer(cin, cout, res):
-        return {"weight": randn(cout, cin, 3, 3), "affine_w": randn(cin, W_DIM),
-                "affine_b": 1 + randn(cin, scale=0.1), "noise_strength": randn(scale=0.1),
-                "bias": randn(cout, scale=0.1), "noise": randn(res, res)}
+        return {
+            "weight": randn(cout, cin, 3, 3),
+            "affine_w": randn(cin, W_DIM),
+            "affine_b": 1 + randn(cin, scale=0.1),
+            "noise_strength": randn(scale=0.1),
+            "bias": randn(cout, scale=0.1),
+            "noise": randn(res, res),
+        }
 
     def torgb(cin):
-        return {"weight": randn(3, cin, 1, 1), "affine_w": randn(cin, W_DIM),
-                "affine_b": 1 + randn(cin, scale=0.1), "bias": randn(3, scale=0.1)}
+        return {
+            "weight": randn(3, cin, 1, 1),
+            "affine_w": randn(cin, W_DIM),
+            "affine_b": 1 + randn(cin, scale=0.1),
+            "bias": randn(3, scale=0.1),
+        }
 
-    blocks = [{"const": randn(channels[0], 4, 4), "conv1": layer(channels[0], channels[0], 4),
-               "torgb": torgb(channels[0])}]
+    blocks = [
+        {
+            "const": randn(channels[0], 4, 4),
+            "conv1": layer(channels[0], channels[0], 4),
+            "torgb": torgb(channels[0]),
+        }
+    ]
     for i, (cin, cout) in enumerate(itertools.pairwise(channels)):
         res = 8 * 2**i
-        blocks.append({"conv0": layer(cin, cout, res), "conv1": layer(cout, cout, res),
-                       "torgb": torgb(cout)})
-    mapping = [(randn(W_DIM, Z_DIM if i == 0 else W_DIM, scale=1 / LR_MUL), randn(W_DIM))
-               for i in range(MLP)]
+        blocks.append(
+            {"conv0": layer(cin, cout, res), "conv1": layer(cout, cout, res), "torgb": torgb(cout)}
+        )
+    mapping = [
+        (randn(W_DIM, Z_DIM if i == 0 else W_DIM, scale=1 / LR_MUL), randn(W_DIM))
+        for i in range(MLP)
+    ]
     return {"blocks": blocks, "mapping": mapping, "w_avg": randn(W_DIM, scale=0.3)}
 
 
@@ -111,9 +128,12 @@ EasyDict.__module__ = "dnnlib.util"
 @pytest.fixture
 def nvidia_modules(monkeypatch):
     """`torch_utils.persistence` and `dnnlib.util` stand-ins, so pickle writes the real names."""
-    names = {"torch_utils": {}, "torch_utils.persistence":
-             {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
-             "dnnlib": {}, "dnnlib.util": {"EasyDict": EasyDict}}
+    names = {
+        "torch_utils": {},
+        "torch_utils.persistence": {"_reconstruct_persistent_obj": _reconstruct_persistent_obj},
+        "dnnlib": {},
+        "dnnlib.util": {"EasyDict": EasyDict},
+    }
     for name, members in names.items():
         module = types.ModuleType(name)
         module.__dict__.update(members)
@@ -125,17 +145,28 @@ class Persistent:
 
     def __init__(self, class_name, params=(), buffers=(), modules=(), source="", **attrs):
         self.class_name, self.source = class_name, source
-        self.state = {"training": False, "_init_args": (), "_init_kwargs": EasyDict(attrs),
-                      "_parameters": collections.OrderedDict(
-                          (k, torch.nn.Parameter(v, requires_grad=False)) for k, v in params),
-                      "_buffers": collections.OrderedDict(buffers),
-                      "_non_persistent_buffers_set": set(),
-                      "_modules": collections.OrderedDict(modules),
-                      "_forward_hooks": collections.OrderedDict(), **attrs}
+        self.state = {
+            "training": False,
+            "_init_args": (),
+            "_init_kwargs": EasyDict(attrs),
+            "_parameters": collections.OrderedDict(
+                (k, torch.nn.Parameter(v, requires_grad=False)) for k, v in params
+            ),
+            "_buffers": collections.OrderedDict(buffers),
+            "_non_persistent_buffers_set": set(),
+            "_modules": collections.OrderedDict(modules),
+            "_forward_hooks": collections.OrderedDict(),
+            **attrs,
+        }
 
     def __reduce__(self):
-        meta = {"type": "class", "version": 4, "module_src": self.source,
-                "class_name": self.class_name, "state": self.state}
+        meta = {
+            "type": "class",
+            "version": 4,
+            "module_src": self.source,
+            "class_name": self.class_name,
+            "state": self.state,
+        }
         return _reconstruct_persistent_obj, (meta,)
 
 
@@ -143,48 +174,98 @@ def nvidia_snapshot(t: dict, source: str = "", conv_clamp=None) -> dict:
     resample = blur_kernel()
 
     def fc(weight, bias, lr=1.0, activation="linear"):
-        return Persistent("FullyConnectedLayer", params=[("weight", weight), ("bias", bias)],
-                          source=source, activation=activation, bias_gain=lr,
-                          weight_gain=np.float64(lr / math.sqrt(weight.shape[1])))
+        return Persistent(
+            "FullyConnectedLayer",
+            params=[("weight", weight), ("bias", bias)],
+            source=source,
+            activation=activation,
+            bias_gain=lr,
+            weight_gain=np.float64(lr / math.sqrt(weight.shape[1])),
+        )
 
     def layer(lay, up):
-        return Persistent("SynthesisLayer", source=source,
-                          params=[("weight", lay["weight"]), ("noise_strength",
-                                                             lay["noise_strength"]),
-                                  ("bias", lay["bias"])],
-                          buffers=[("resample_filter", resample), ("noise_const", lay["noise"])],
-                          modules=[("affine", fc(lay["affine_w"], lay["affine_b"]))],
-                          up=up, use_noise=True, activation="lrelu", conv_clamp=conv_clamp,
-                          act_gain=np.float64(math.sqrt(2)))
+        return Persistent(
+            "SynthesisLayer",
+            source=source,
+            params=[
+                ("weight", lay["weight"]),
+                ("noise_strength", lay["noise_strength"]),
+                ("bias", lay["bias"]),
+            ],
+            buffers=[("resample_filter", resample), ("noise_const", lay["noise"])],
+            modules=[("affine", fc(lay["affine_w"], lay["affine_b"]))],
+            up=up,
+            use_noise=True,
+            activation="lrelu",
+            conv_clamp=conv_clamp,
+            act_gain=np.float64(math.sqrt(2)),
+        )
 
     def torgb(lay):
-        return Persistent("ToRGBLayer", params=[("weight", lay["weight"]), ("bias", lay["bias"])],
-                          modules=[("affine", fc(lay["affine_w"], lay["affine_b"]))],
-                          conv_clamp=conv_clamp, source=source)
+        return Persistent(
+            "ToRGBLayer",
+            params=[("weight", lay["weight"]), ("bias", lay["bias"])],
+            modules=[("affine", fc(lay["affine_w"], lay["affine_b"]))],
+            conv_clamp=conv_clamp,
+            source=source,
+        )
 
     blocks = []
     for i, block in enumerate(t["blocks"]):
         res = 4 * 2**i
-        modules = ([("conv1", layer(block["conv1"], 1))] if i == 0 else
-                   [("conv0", layer(block["conv0"], 2)), ("conv1", layer(block["conv1"], 1))])
+        modules = (
+            [("conv1", layer(block["conv1"], 1))]
+            if i == 0
+            else [("conv0", layer(block["conv0"], 2)), ("conv1", layer(block["conv1"], 1))]
+        )
         modules.append(("torgb", torgb(block["torgb"])))
-        blocks.append((f"b{res}", Persistent(
-            "SynthesisBlock", params=[("const", block["const"])] if i == 0 else [],
-            buffers=[("resample_filter", resample)], modules=modules,
-            in_channels=0 if i == 0 else 1, architecture="skip", resolution=res, source=source)))
-    mapping = Persistent("MappingNetwork", source=source, buffers=[("w_avg", t["w_avg"])],
-                         modules=[(f"fc{i}", fc(w, b, LR_MUL, "lrelu"))
-                                  for i, (w, b) in enumerate(t["mapping"])],
-                         z_dim=Z_DIM, c_dim=0, w_dim=W_DIM, num_layers=MLP)
+        blocks.append(
+            (
+                f"b{res}",
+                Persistent(
+                    "SynthesisBlock",
+                    params=[("const", block["const"])] if i == 0 else [],
+                    buffers=[("resample_filter", resample)],
+                    modules=modules,
+                    in_channels=0 if i == 0 else 1,
+                    architecture="skip",
+                    resolution=res,
+                    source=source,
+                ),
+            )
+        )
+    mapping = Persistent(
+        "MappingNetwork",
+        source=source,
+        buffers=[("w_avg", t["w_avg"])],
+        modules=[(f"fc{i}", fc(w, b, LR_MUL, "lrelu")) for i, (w, b) in enumerate(t["mapping"])],
+        z_dim=Z_DIM,
+        c_dim=0,
+        w_dim=W_DIM,
+        num_layers=MLP,
+    )
     synthesis = Persistent("SynthesisNetwork", modules=blocks, source=source)
     res = 4 * 2 ** (len(t["blocks"]) - 1)
-    g_ema = Persistent("Generator", modules=[("synthesis", synthesis), ("mapping", mapping)],
-                       z_dim=Z_DIM, c_dim=0, w_dim=W_DIM, img_resolution=res, img_channels=3,
-                       source=source)
-    discriminator = Persistent("Discriminator", params=[("b4.fc.weight", torch.randn(2, 2))],
-                               source=source)
-    return {"G": g_ema, "D": discriminator, "G_ema": g_ema, "augment_pipe": None,
-            "training_set_kwargs": EasyDict(path="lsun-car.zip", resolution=res)}
+    g_ema = Persistent(
+        "Generator",
+        modules=[("synthesis", synthesis), ("mapping", mapping)],
+        z_dim=Z_DIM,
+        c_dim=0,
+        w_dim=W_DIM,
+        img_resolution=res,
+        img_channels=3,
+        source=source,
+    )
+    discriminator = Persistent(
+        "Discriminator", params=[("b4.fc.weight", torch.randn(2, 2))], source=source
+    )
+    return {
+        "G": g_ema,
+        "D": discriminator,
+        "G_ema": g_ema,
+        "augment_pipe": None,
+        "training_set_kwargs": EasyDict(path="lsun-car.zip", resolution=res),
+    }
 
 
 CHANNELS = [8, 8, 4]  # 4, 8, 16 px
@@ -279,8 +360,13 @@ def test_rosinality_strict_loading(tensors, tmp_path):
 def test_missing_latent_avg_only_matters_with_truncation(tensors, tmp_path):
     """rosinality's train.py checkpoints: no latent_avg, and the options as a Namespace."""
     path = tmp_path / "train-checkpoint.pt"
-    torch.save({"g_ema": rosinality_checkpoint(tensors)["g_ema"],
-                "args": argparse.Namespace(size=16, latent=8, n_mlp=2)}, path)
+    torch.save(
+        {
+            "g_ema": rosinality_checkpoint(tensors)["g_ema"],
+            "args": argparse.Namespace(size=16, latent=8, n_mlp=2),
+        },
+        path,
+    )
     assert build_generator("stylegan2", weights=str(path)).resolution == 16
     with pytest.raises(WeightsError, match="latent_avg"):
         build_generator("stylegan2", weights=str(path), truncation_psi="0.9")

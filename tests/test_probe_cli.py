@@ -52,7 +52,15 @@ def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_d
     out = tmp_path / "reports" / "knn.json"
     cache = tmp_path / "cache"
     result = probe(
-        run_dir, "imagefolder --protocol knn", FAST, "--root", data, "--cache-dir", cache, "--out", out
+        run_dir,
+        "imagefolder --protocol knn",
+        FAST,
+        "--root",
+        data,
+        "--cache-dir",
+        cache,
+        "--out",
+        out,
     )
     report = read(out)
     assert report["protocol"] == "knn" and report["primary_metric"] == "top1"
@@ -65,12 +73,19 @@ def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_d
     assert report["metrics"]["top1"] == 100.0  # solid colours: even random features separate them
     assert report["checkpoint"]["sha256"] == sha256_file(run_dir / "backbone.pth")
     assert report["checkpoint"]["kind"] == "run-folder" and report["label"] == "run-a"
-    assert report["dataset"]["label"] == "colours" and report["dataset"]["splits"] == {"train": 24, "val": 12}
-    assert report["preprocessing"]["eval_transform"] == "resize37-centercrop32-bilinear-imagenet-norm"
+    assert report["dataset"]["label"] == "colours" and report["dataset"]["splits"] == {
+        "train": 24,
+        "val": 12,
+    }
+    assert (
+        report["preprocessing"]["eval_transform"] == "resize37-centercrop32-bilinear-imagenet-norm"
+    )
     config = yaml.safe_load((out.parent / "knn.config.yaml").read_text())
     assert config == report["config"]
     assert (
-        config["checkpoint"] == str(run_dir.resolve()) and config["protocol"] == "knn" and config["k"] == 200
+        config["checkpoint"] == str(run_dir.resolve())
+        and config["protocol"] == "knn"
+        and config["k"] == 200
     )
     assert "colours knn top1" in result.output and "100.00" in result.output
     assert "train features: computed" in result.stderr
@@ -84,7 +99,9 @@ def test_linear_through_the_frozen_encoder_with_augmentation(tmp_path, run_dir):
     report = read(out)
     assert report["settings"]["train_input"] == "random-resized-crop + flip"
     assert report["settings"]["epochs"] == 2 and report["settings"]["reported_epoch"] == "final"
-    assert report["checkpoint"]["kind"] == "training-checkpoint" and report["checkpoint"]["step"] == 7
+    assert (
+        report["checkpoint"]["kind"] == "training-checkpoint" and report["checkpoint"]["step"] == 7
+    )
     assert set(report["metrics"]) == {"top1"} and 0.0 <= report["metrics"]["top1"] <= 100.0
     # Training images went through the encoder with augmentation: only val features were cached.
     assert len(list((tmp_path / "genrep-home" / "features").glob("*.npy"))) == 1
@@ -100,7 +117,8 @@ def test_cached_linear_on_stanford_cars_then_knn_reuses_the_features(tmp_path, r
         "test": 9,
     }
     assert (
-        report["settings"]["train_input"] == "cached center-crop features" and report["settings"]["lr"] == 0.3
+        report["settings"]["train_input"] == "cached center-crop features"
+        and report["settings"]["lr"] == 0.3
     )
     assert report["metrics"]["top1"] == 100.0
     second = probe(*common, "--protocol knn")
@@ -115,7 +133,11 @@ def test_voc07_end_to_end_defaults_to_the_voc07_protocol(tmp_path, run_dir):
     report = read(out)
     assert report["protocol"] == "voc07" and report["primary_metric"] == "mAP"
     assert report["settings"]["costs"] == [0.1, 1.0, 10.0] and report["settings"]["folds"] == 3
-    assert [row["class"] for row in report["details"]["per_class"]][:3] == ["aeroplane", "bicycle", "bird"]
+    assert [row["class"] for row in report["details"]["per_class"]][:3] == [
+        "aeroplane",
+        "bicycle",
+        "bird",
+    ]
     assert all(row["C"] in (0.1, 1.0, 10.0) for row in report["details"]["per_class"])
     assert 0.0 < report["metrics"]["mAP"] <= 100.0 and 0.0 < report["metrics"]["mAP_area"] <= 100.0
 
@@ -131,7 +153,8 @@ def digits_as_imagefolder(root: Path, shuffle_labels: bool) -> Path:
         labels = digits.targets[split][:count]
         labels = rng.permutation(labels) if shuffle_labels else labels
         images[split] = [
-            (np.asarray(digits.load_image(split, i).convert("L")), int(labels[i])) for i in range(count)
+            (np.asarray(digits.load_image(split, i).convert("L")), int(labels[i]))
+            for i in range(count)
         ]
     return write_images_as_imagefolder(root, images)
 
@@ -233,7 +256,10 @@ def test_existing_reports_are_not_overwritten_unless_asked(tmp_path, run_dir):
     result = probe(run_dir, "digits --protocol knn", FAST, "--out", out, expect=2)
     assert "already exists; pass --overwrite" in result.output and out.read_text() == "precious"
     (tmp_path / "not-a-report.json").write_text("{}")
-    assert "is not a genrep-probe report" in probe("table", tmp_path / "not-a-report.json", expect=2).output
+    assert (
+        "is not a genrep-probe report"
+        in probe("table", tmp_path / "not-a-report.json", expect=2).output
+    )
 
 
 def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir):

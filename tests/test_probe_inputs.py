@@ -46,7 +46,9 @@ def test_run_folder_training_checkpoint_and_state_dict_give_the_same_encoder(tmp
 
     from_state = load_encoder(run / "backbone.pth", arch="resnet18")
     assert from_state.kind == "state-dict" and same_weights(from_state.model, state)
-    assert not from_state.model.training and not any(p.requires_grad for p in from_state.model.parameters())
+    assert not from_state.model.training and not any(
+        p.requires_grad for p in from_state.model.parameters()
+    )
 
 
 def test_state_dict_prefixes_and_fc_head_are_stripped(tmp_path):
@@ -61,7 +63,9 @@ def test_state_dict_prefixes_and_fc_head_are_stripped(tmp_path):
 
 def test_bare_state_dict_defaults_to_resnet50_and_explains_an_arch_mismatch(tmp_path):
     torch.save(backbone_state("resnet18"), tmp_path / "r18.pth")
-    with pytest.raises(CheckpointError, match=r"does not fit torchvision resnet50 .*pass the right --arch"):
+    with pytest.raises(
+        CheckpointError, match=r"does not fit torchvision resnet50 .*pass the right --arch"
+    ):
         load_encoder(tmp_path / "r18.pth")
 
 
@@ -116,7 +120,11 @@ def test_voc07_labels_come_from_annotations_with_difficult_ignored(tmp_path):
     dataset = build_dataset("voc07", write_voc07(tmp_path, trainval=40, test=20))
     assert dataset.splits == ("trainval", "test") and dataset.task == "multilabel"
     first = dataset.targets["trainval"][0]  # objects: aeroplane, cat, motorbike + a difficult boat
-    assert {dataset.classes[c] for c in np.flatnonzero(first == 1)} == {"aeroplane", "cat", "motorbike"}
+    assert {dataset.classes[c] for c in np.flatnonzero(first == 1)} == {
+        "aeroplane",
+        "cat",
+        "motorbike",
+    }
     assert [dataset.classes[c] for c in np.flatnonzero(first == -1)] == ["boat"]
     assert (dataset.targets["trainval"] == 1).sum(axis=0).tolist() == [6] * 20
     # The VOC2007 folder itself is accepted as --root too.
@@ -146,7 +154,11 @@ def test_digits_split_is_stratified_and_fixed():
 @pytest.mark.parametrize(
     ("name", "make", "expected"),
     [
-        ("imagefolder", lambda root: (root / "train").mkdir(), "expects train/<class>/<image> and val/"),
+        (
+            "imagefolder",
+            lambda root: (root / "train").mkdir(),
+            "expects train/<class>/<image> and val/",
+        ),
         ("voc07", lambda root: (root / "JPEGImages").mkdir(), "expects VOCdevkit/VOC2007"),
         (
             "stanford-cars",
@@ -183,15 +195,24 @@ def test_features_are_cached_per_checkpoint_dataset_split_and_transform(tmp_path
     calls = []
     real_extract = features_module.extract_features
     monkeypatch.setattr(
-        features_module, "extract_features", lambda *a, **k: calls.append(k["desc"]) or real_extract(*a, **k)
+        features_module,
+        "extract_features",
+        lambda *a, **k: calls.append(k["desc"]) or real_extract(*a, **k),
     )
     run = write_run_folder(tmp_path / "run")
-    dataset = build_dataset("imagefolder", write_imagefolder(tmp_path / "data", classes=2, train_per_class=3))
+    dataset = build_dataset(
+        "imagefolder", write_imagefolder(tmp_path / "data", classes=2, train_per_class=3)
+    )
     cache = FeatureCache(tmp_path / "cache")
 
     def features(size: int, checkpoint=run) -> FrozenFeatures:
         return FrozenFeatures(
-            load_encoder(checkpoint), dataset, Preprocessing(size), torch.device("cpu"), cache, workers=0
+            load_encoder(checkpoint),
+            dataset,
+            Preprocessing(size),
+            torch.device("cpu"),
+            cache,
+            workers=0,
         )
 
     first = features(32).eval_features("train")
@@ -212,7 +233,9 @@ def test_features_are_cached_per_checkpoint_dataset_split_and_transform(tmp_path
 
 def test_a_corrupt_cache_entry_is_recomputed(tmp_path):
     run = write_run_folder(tmp_path / "run")
-    dataset = build_dataset("imagefolder", write_imagefolder(tmp_path / "data", classes=2, train_per_class=3))
+    dataset = build_dataset(
+        "imagefolder", write_imagefolder(tmp_path / "data", classes=2, train_per_class=3)
+    )
     inputs = FrozenFeatures(
         load_encoder(run),
         dataset,

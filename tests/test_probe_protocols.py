@@ -36,7 +36,9 @@ def test_topk_accuracy_counts_hits_and_omits_top5_for_few_classes():
 def test_linear_probe_reaches_100_percent_on_separable_features():
     train_x, train_y = separable(seed=0)
     test_x, test_y = separable(per_class=10, seed=1)
-    metrics = linear_probe_on_features(train_x, train_y, test_x, test_y, 8, epochs=10, lr=0.3, batch_size=64)
+    metrics = linear_probe_on_features(
+        train_x, train_y, test_x, test_y, 8, epochs=10, lr=0.3, batch_size=64
+    )
     assert metrics == {"top1": 100.0, "top5": 100.0}
 
 
@@ -74,7 +76,9 @@ def test_knn_weights_votes_by_exp_of_similarity_over_temperature():
     # Unit vectors at known angles to the query (1, 0): similarities 1.0, 0.8, 0.6 and 0.0.
     train = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
     labels = np.array([0, 1, 1, 2])
-    scores = knn_scores(train, labels, np.array([[2.0, 0.0]], dtype=np.float32), 3, k=3, temperature=0.5)[0]
+    scores = knn_scores(
+        train, labels, np.array([[2.0, 0.0]], dtype=np.float32), 3, k=3, temperature=0.5
+    )[0]
     expected = np.array([np.exp(1.0 / 0.5), np.exp(0.8 / 0.5) + np.exp(0.6 / 0.5), 0.0])
     np.testing.assert_allclose(scores / scores.sum(), expected / expected.sum(), rtol=1e-5)
     # Two close neighbours outvote one identical point at a high temperature, not at a low one.
@@ -147,7 +151,10 @@ def test_protocol_registry_and_settings():
     linear = PROTOCOLS.get("linear")(encoder_data="real")
     assert linear.settings(type("Cars", (), {"linear_epochs": 100})())["lr"] == 0.3
     assert linear.settings(type("Cars", (), {"linear_epochs": 100})())["epochs"] == 100
-    assert PROTOCOLS.get("linear")(lr=1.5).settings(type("D", (), {"linear_epochs": 60})())["lr"] == 1.5
+    assert (
+        PROTOCOLS.get("linear")(lr=1.5).settings(type("D", (), {"linear_epochs": 60})())["lr"]
+        == 1.5
+    )
     assert PROTOCOLS.get("linear")().settings(type("D", (), {"linear_epochs": 60})())["lr"] == 2.0
     with pytest.raises(ProtocolError):
         PROTOCOLS.get("voc07")(classifier="forest")

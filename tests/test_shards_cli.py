@@ -62,13 +62,21 @@ def test_verify_finds_missing_and_stray_shards(dataset):
 def test_verify_decodes_samples_not_only_checksums(dataset):
     """A shard rewritten with its manifest entry updated still fails when an image is garbage."""
     path = dataset / "shard-000000.tar"
-    _rewrite_tar(path, lambda members: [
-        (name, b"\xff\xd8 not a jpeg" if name.endswith("anchor.jpg") else data) for name, data in members])
+    _rewrite_tar(
+        path,
+        lambda members: [
+            (name, b"\xff\xd8 not a jpeg" if name.endswith("anchor.jpg") else data)
+            for name, data in members
+        ],
+    )
     manifest = read_manifest(dataset)
     manifest["shards"][0].update(bytes=path.stat().st_size, sha256=sha256_file(path))
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     result = shards("verify", dataset)
-    assert result.exit_code == 1 and "BAD shard-000000.tar: sample 000000000: undecodable" in result.output
+    assert (
+        result.exit_code == 1
+        and "BAD shard-000000.tar: sample 000000000: undecodable" in result.output
+    )
 
 
 def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
@@ -81,7 +89,10 @@ def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
 
 def test_not_a_dataset_gives_one_clear_line(tmp_path):
     result = shards("verify", tmp_path)
-    assert result.exit_code == 2 and "has no manifest.json; pass a folder made by genrep-generate" in result.output
+    assert (
+        result.exit_code == 2
+        and "has no manifest.json; pass a folder made by genrep-generate" in result.output
+    )
 
 
 def test_newer_format_version_is_refused(dataset):
@@ -129,4 +140,6 @@ def test_missing_anchor_is_a_format_error():
     with pytest.raises(ShardFormatError, match="numbered 0..K-1"):
         image = io.BytesIO()
         Image.new("RGB", (4, 4)).save(image, "PNG")
-        decode_sample({"__key__": "8", "anchor.png": image.getvalue(), "neighbor_1.png": image.getvalue()})
+        decode_sample(
+            {"__key__": "8", "anchor.png": image.getvalue(), "neighbor_1.png": image.getvalue()}
+        )

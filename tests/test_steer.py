@@ -51,7 +51,9 @@ N_EVAL = 48
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
     generator = build_generator("embedded", resolution=RES)
-    config = SteerConfig(num_samples=3200, batch_size=16, lr=0.05, lr_schedule="cosine", eval_size=32)
+    config = SteerConfig(
+        num_samples=3200, batch_size=16, lr=0.05, lr_schedule="cosine", eval_size=32
+    )
     path = tmp_path_factory.mktemp("walks") / "walks.pt"
     record = learn_walks(generator, config, path, progress=False, log=lambda message: None)
     return generator, path, record
@@ -110,8 +112,14 @@ def _displacements(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 
 def _magnify(images: torch.Tensor, factor: float) -> torch.Tensor:
-    return TF.affine(images, angle=0.0, translate=[0, 0], scale=factor, shear=[0.0, 0.0],
-                     interpolation=InterpolationMode.BILINEAR)
+    return TF.affine(
+        images,
+        angle=0.0,
+        translate=[0, 0],
+        scale=factor,
+        shear=[0.0, 0.0],
+        interpolation=InterpolationMode.BILINEAR,
+    )
 
 
 def _zoom_factors(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -120,10 +128,18 @@ def _zoom_factors(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     matter; the smaller image is the one magnified, so neither side carries an empty border."""
     a, b = a.mean(1), b.mean(1)
     grid = np.exp(np.linspace(math.log(1 / 3), math.log(3), 45))
-    peaks = torch.stack([
-        _phase_correlation(_magnify(a, m), b) if m >= 1 else _phase_correlation(a, _magnify(b, 1 / m))
-        for m in grid
-    ]).flatten(2).amax(2)  # magnifications x N
+    peaks = (
+        torch.stack(
+            [
+                _phase_correlation(_magnify(a, m), b)
+                if m >= 1
+                else _phase_correlation(a, _magnify(b, 1 / m))
+                for m in grid
+            ]
+        )
+        .flatten(2)
+        .amax(2)
+    )  # magnifications x N
     return 1 / grid[peaks.argmax(0).numpy()]
 
 
@@ -136,12 +152,30 @@ def test_walk_file_is_plain_data_naming_its_model(learned):
     loaded = torch.load(path, weights_only=True)
     assert loaded["model"]["name"] == "embedded"
     assert loaded["model"]["weights_sha256"] == generator.weights_sha256
-    assert loaded["names"] == ["color_r", "color_g", "color_b", "rotate_3d", "rotate_2d", "zoom",
-                               "shift_x", "shift_y"]
+    assert loaded["names"] == [
+        "color_r",
+        "color_g",
+        "color_b",
+        "rotate_3d",
+        "rotate_2d",
+        "zoom",
+        "shift_x",
+        "shift_y",
+    ]
     assert tuple(loaded["walks"].shape) == (8, generator.z_dim)
-    assert loaded["ranges"] == {"color": 0.5, "rotate_3d": 60.0, "rotate_2d": 30.0, "zoom": 4.0,
-                                "shift_x": 0.4, "shift_y": 0.4}
-    assert loaded["config"]["lr_schedule"] == "cosine" and loaded["steps"] == 200 and len(loaded["losses"]) == 200
+    assert loaded["ranges"] == {
+        "color": 0.5,
+        "rotate_3d": 60.0,
+        "rotate_2d": 30.0,
+        "zoom": 4.0,
+        "shift_x": 0.4,
+        "shift_y": 0.4,
+    }
+    assert (
+        loaded["config"]["lr_schedule"] == "cosine"
+        and loaded["steps"] == 200
+        and len(loaded["losses"]) == 200
+    )
     assert torch.equal(load_walks(path, generator)["walks"], record["walks"])
     assert path.with_suffix(".config.yaml").exists()
     assert not path.with_name(path.name + ".ckpt").exists()  # removed once the walks are written
@@ -223,12 +257,15 @@ def test_walks_move_the_generators_own_geometry_and_color(learned):
     for name, (row, target) in ideal.items():
         moved = geometry @ _walk(record, name)
         assert 0.5 < float(moved[row]) / target < 1.5, (name, moved, target)
-        others = torch.cat([moved[:row], moved[row + 1:]])
+        others = torch.cat([moved[:row], moved[row + 1 :]])
         assert float(others.abs().max()) < 0.25 * abs(target), (name, moved)
     for channel in range(3):
         moved = color @ _walk(record, f"color_{'rgb'[channel]}")
         assert 0.5 < float(moved[channel]) * COLOR_PER_UNIT < 1.5, moved
-        assert float(torch.cat([moved[:channel], moved[channel + 1:]]).abs().max()) * COLOR_PER_UNIT < 0.25
+        assert (
+            float(torch.cat([moved[:channel], moved[channel + 1 :]]).abs().max()) * COLOR_PER_UNIT
+            < 0.25
+        )
 
 
 def test_rotate_3d_cannot_be_learned_on_the_embedded_generator(learned, anchors):
@@ -243,9 +280,12 @@ def test_rotate_3d_cannot_be_learned_on_the_embedded_generator(learned, anchors)
         with torch.no_grad():
             before = generator(anchors)
             target, mask = apply_edits(before, {name: torch.from_numpy(alpha)})
-            after = generator(anchors + torch.from_numpy(alpha / bound).float()[:, None]
-                              * _walk(record, name))
-            return 1 - float(masked_mse(after, target, mask)) / float(masked_mse(before, target, mask))
+            after = generator(
+                anchors + torch.from_numpy(alpha / bound).float()[:, None] * _walk(record, name)
+            )
+            return 1 - float(masked_mse(after, target, mask)) / float(
+                masked_mse(before, target, mask)
+            )
 
     assert explained("rotate_2d") > 0.3
     assert explained("rotate_3d") < 0.15

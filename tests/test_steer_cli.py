@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from conftest import run_generate
 from PIL import Image
 
-from conftest import run_generate
 from genrep.generate import steer
 from genrep.generate.models import build_generator
 from genrep.generate.steer import (
@@ -49,8 +49,17 @@ def walks_file(tmp_path_factory):
     """Walks learned by the CLI (32 px images through a YAML config, 4 steps of 4 latents)."""
     folder = tmp_path_factory.mktemp("steer-cli")
     config = folder / "steer.yaml"
-    config.write_text(yaml.safe_dump({"model_option": {"resolution": 32}, "num_samples": 16,
-                                      "batch_size": 4, "eval_size": 4, "lr": 0.03}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_option": {"resolution": 32},
+                "num_samples": 16,
+                "batch_size": 4,
+                "eval_size": 4,
+                "lr": 0.03,
+            }
+        )
+    )
     out = folder / "walks.pt"
     result = steer_cli("--config", config, "--out", out)
     assert result.exit_code == 0, result.output
@@ -72,20 +81,25 @@ def test_saved_config_reruns_the_same_training(walks_file, tmp_path):
     again = tmp_path / "again.pt"
     result = steer_cli("--config", walks_file.with_suffix(".config.yaml"), "--out", again)
     assert result.exit_code == 0, result.output
-    assert torch.equal(torch.load(again, weights_only=True)["walks"],
-                       torch.load(walks_file, weights_only=True)["walks"])
+    assert torch.equal(
+        torch.load(again, weights_only=True)["walks"],
+        torch.load(walks_file, weights_only=True)["walks"],
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--transforms", "shift_x,shear"], "unknown steering transformation 'shear'"),
-    (["--shift-range", "1.5"], "--shift-range: the shift range is a fraction"),
-    (["--zoom-range", "0.5"], "--zoom-range: the zoom range is the largest factor"),
-    (["--rotate-3d-range", "90"], "--rotate-3d-range"),
-    (["--batch-size", "0"], "--batch-size must be > 0"),
-    (["--lr", "-1"], "--lr must be > 0"),
-    (["--device", "gpu0"], "--device"),
-    (["--model", "nope"], "unknown model 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--transforms", "shift_x,shear"], "unknown steering transformation 'shear'"),
+        (["--shift-range", "1.5"], "--shift-range: the shift range is a fraction"),
+        (["--zoom-range", "0.5"], "--zoom-range: the zoom range is the largest factor"),
+        (["--rotate-3d-range", "90"], "--rotate-3d-range"),
+        (["--batch-size", "0"], "--batch-size must be > 0"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--device", "gpu0"], "--device"),
+        (["--model", "nope"], "unknown model 'nope'"),
+    ],
+)
 def test_bad_flags_give_one_clear_line(tmp_path, args, message):
     result = steer_cli("--out", tmp_path / "w.pt", *args)
     assert result.exit_code == 2 and message in result.output, result.output
@@ -110,26 +124,39 @@ RESUMABLE = dataclasses.replace(TINY, num_samples=32, lr_schedule="cosine")
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_generator, tmp_path_factory):
-    return learn_walks(small_generator, RESUMABLE, tmp_path_factory.mktemp("whole") / "w.pt",
-                       progress=False, log=lambda message: None)
+    return learn_walks(
+        small_generator,
+        RESUMABLE,
+        tmp_path_factory.mktemp("whole") / "w.pt",
+        progress=False,
+        log=lambda message: None,
+    )
 
 
 @pytest.mark.parametrize("error, resumed_from", [(KeyboardInterrupt, 5), (RuntimeError, 4)])
-def test_interrupted_training_resumes_to_the_same_walks(small_generator, uninterrupted, tmp_path,
-                                                        monkeypatch, error, resumed_from):
+def test_interrupted_training_resumes_to_the_same_walks(
+    small_generator, uninterrupted, tmp_path, monkeypatch, error, resumed_from
+):
     config, whole = RESUMABLE, uninterrupted
     out = tmp_path / "cut.pt"
     with monkeypatch.context() as patch:
         _interrupt_optimizer_at(patch, 5, error)
         with pytest.raises(error):
-            learn_walks(small_generator, config, out, checkpoint_every=2, progress=False,
-                        log=lambda message: None)
+            learn_walks(
+                small_generator,
+                config,
+                out,
+                checkpoint_every=2,
+                progress=False,
+                log=lambda message: None,
+            )
     assert not out.exists()
     # Ctrl-C saves where it stopped; a crash leaves the last periodic checkpoint
     assert torch.load(checkpoint_path(out), weights_only=True)["step"] == resumed_from
     messages = []
-    resumed = learn_walks(small_generator, config, out, checkpoint_every=2, progress=False,
-                          log=messages.append)
+    resumed = learn_walks(
+        small_generator, config, out, checkpoint_every=2, progress=False, log=messages.append
+    )
     assert f"resuming {out} from step {resumed_from} of 8" in messages
     assert torch.equal(resumed["walks"], whole["walks"])
     assert resumed["loss"] == whole["loss"] and torch.equal(resumed["losses"], whole["losses"])
@@ -145,8 +172,9 @@ def test_a_checkpoint_of_another_config_is_refused(small_generator, tmp_path, mo
     other = dataclasses.replace(TINY, lr=0.01)
     with pytest.raises(SteerError, match="was made for another model or config; pass --no-resume"):
         learn_walks(small_generator, other, out, progress=False, log=lambda message: None)
-    record = learn_walks(small_generator, other, out, resume=False, progress=False,
-                         log=lambda message: None)
+    record = learn_walks(
+        small_generator, other, out, resume=False, progress=False, log=lambda message: None
+    )
     assert record["config"]["lr"] == 0.01 and out.exists()
 
 
@@ -182,11 +210,25 @@ def test_unreadable_or_foreign_walk_files_are_refused(small_generator, tmp_path,
 
 def test_walks_of_another_model_are_refused(tmp_path, walks_file):
     other = build_generator("embedded", resolution=32, z_dim=64)
-    with pytest.raises(SteerError, match="learned for model 'embedded' .*z_dim 128.*, not for "
-                                         "'embedded' .*z_dim 64.*genrep-steer --model embedded"):
+    with pytest.raises(
+        SteerError,
+        match="learned for model 'embedded' .*z_dim 128.*, not for "
+        "'embedded' .*z_dim 64.*genrep-steer --model embedded",
+    ):
         load_walks(walks_file, other)
-    result = run_generate("--view", "steer", "--walks", str(walks_file), "--classes", "3",
-                          "--n", "2", "--out", str(tmp_path / "ds"), expect_ok=False)
+    result = run_generate(
+        "--view",
+        "steer",
+        "--walks",
+        str(walks_file),
+        "--classes",
+        "3",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "ds"),
+        expect_ok=False,
+    )
     assert result.exit_code == 2 and "holds walks learned for model 'embedded'" in result.output
     assert not (tmp_path / "ds").exists()
 
@@ -197,8 +239,22 @@ def _samples(folder):
 
 
 def test_generate_view_steer_with_a_walk_file(walks_file, tmp_path):
-    args = ["--view", "steer", "--walks", str(walks_file), "--n", "4", "--neighbors", "2",
-            "--size", "32", "--workers", "0", "--format", "png"]
+    args = [
+        "--view",
+        "steer",
+        "--walks",
+        str(walks_file),
+        "--n",
+        "4",
+        "--neighbors",
+        "2",
+        "--size",
+        "32",
+        "--workers",
+        "0",
+        "--format",
+        "png",
+    ]
     run_generate(*args, "--out", str(tmp_path / "a"))
     manifest, shards = load_dataset(tmp_path / "a")
     params = manifest["view"]["params"]
@@ -218,7 +274,9 @@ def test_generate_view_steer_with_a_walk_file(walks_file, tmp_path):
             assert np.allclose(sample.neighbor_latents[j], expected, atol=1e-5)
     # a shard is a pure function of the config: the same command writes the same bytes
     run_generate(*args, "--out", str(tmp_path / "b"))
-    assert [sha256_file(p) for p in shards] == [sha256_file(p) for p in load_dataset(tmp_path / "b")[1]]
+    assert [sha256_file(p) for p in shards] == [
+        sha256_file(p) for p in load_dataset(tmp_path / "b")[1]
+    ]
     sheet = tmp_path / "sheet.png"
     result = CliRunner().invoke(shards_main, ["preview", str(tmp_path / "a"), "--out", str(sheet)])
     assert result.exit_code == 0, result.output
@@ -245,8 +303,9 @@ def test_view_steer_without_walks_learns_once_and_reuses_the_cache(tmp_path, mon
 
 
 def test_view_neighbors_follow_the_samples_random_stream(walks_file):
-    view = build_view("steer", build_generator("embedded", resolution=32), truncation=2.0,
-                      walks=str(walks_file))
+    view = build_view(
+        "steer", build_generator("embedded", resolution=32), truncation=2.0, walks=str(walks_file)
+    )
     z = np.zeros(128, np.float32)
     first = view.neighbors(z, None, np.random.default_rng(3), 3)
     again = view.neighbors(z, None, np.random.default_rng(3), 3)
@@ -267,8 +326,13 @@ def test_class_conditional_generators_learn_with_sampled_classes(tmp_path, monke
         return original(self, z, y)
 
     monkeypatch.setattr(type(generator), "forward", record_classes)
-    record = learn_walks(generator, dataclasses.replace(TINY, classes="0,2"), tmp_path / "w.pt",
-                         progress=False, log=lambda message: None)
+    record = learn_walks(
+        generator,
+        dataclasses.replace(TINY, classes="0,2"),
+        tmp_path / "w.pt",
+        progress=False,
+        log=lambda message: None,
+    )
     assert record["model"]["num_classes"] == 3 and set(seen) == {0, 2}
     with pytest.raises(SteerError, match="z_dim 128"):  # another class count, other weights
         load_walks(tmp_path / "w.pt", build_generator("embedded", classes=4))

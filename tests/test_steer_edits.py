@@ -19,7 +19,9 @@ from genrep.generate.edits import EDIT_NAMES, apply_edits, compose, masked_mse, 
 def images() -> torch.Tensor:
     """Smooth random RGB images in [-1, 1] (upsampled noise), so interpolation errors stay small."""
     noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    return 0.8 * torch.tanh(0.5 * F.interpolate(noise, size=48, mode="bicubic", align_corners=False))
+    return 0.8 * torch.tanh(
+        0.5 * F.interpolate(noise, size=48, mode="bicubic", align_corners=False)
+    )
 
 
 def _close_on(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, atol: float) -> None:
@@ -28,8 +30,9 @@ def _close_on(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor, atol: float)
 
 
 def test_shift_moves_content_and_masks_the_uncovered_strip(images):
-    out, mask = apply_edits(images, {"shift_x": torch.full((4,), 0.25),
-                                     "shift_y": torch.full((4,), -0.125)})
+    out, mask = apply_edits(
+        images, {"shift_x": torch.full((4,), 0.25), "shift_y": torch.full((4,), -0.125)}
+    )
     # +25% of 48 px = 12 px right, -12.5% = 6 px up
     _close_on(mask, out, torch.roll(images, shifts=(-6, 12), dims=(2, 3)), 1e-5)
     assert mask[:, :, :, :12].sum() == 0 and mask[:, :, 42:, :].sum() == 0
@@ -64,8 +67,12 @@ def test_zoom_out_is_antialiased(images):
 def test_rotate_2d_matches_torchvision(images):
     angles = torch.tensor([20.0, -10.0, 30.0, 5.0])
     out, mask = apply_edits(images, {"rotate_2d": angles})
-    ref = torch.stack([TF.rotate(image, float(angle), interpolation=InterpolationMode.BILINEAR)
-                       for image, angle in zip(images, angles)])
+    ref = torch.stack(
+        [
+            TF.rotate(image, float(angle), interpolation=InterpolationMode.BILINEAR)
+            for image, angle in zip(images, angles, strict=True)
+        ]
+    )
     _close_on(mask, out, ref, 1e-4)
     # the corners rotate out of the frame: never valid
     assert mask[:, :, 0, 0].sum() == 0 and mask[:, :, -1, -1].sum() == 0
@@ -75,8 +82,9 @@ def test_rotate_2d_matches_torchvision(images):
 def test_rotate_3d_is_the_perspective_warp_of_a_turned_plane(images):
     phi = 40.0
     matrix, _ = compose({"rotate_3d": torch.tensor([phi])}, 1, 48, 48)
-    corners = torch.tensor([[-24.0, -24, 1], [24, -24, 1], [24, 24, 1], [-24, 24, 1]],
-                           dtype=torch.float64)
+    corners = torch.tensor(
+        [[-24.0, -24, 1], [24, -24, 1], [24, 24, 1], [-24, 24, 1]], dtype=torch.float64
+    )
     moved = corners @ matrix[0].T
     end = (moved[:, :2] / moved[:, 2:] + 24).tolist()
     start = (corners[:, :2] + 24).tolist()
@@ -96,8 +104,9 @@ def test_rotate_3d_is_the_perspective_warp_of_a_turned_plane(images):
 
 
 def test_color_adds_per_channel_offsets_and_clamps(images):
-    out, mask = apply_edits(images, {"color_r": torch.full((4,), 0.3),
-                                     "color_b": torch.full((4,), -0.2)})
+    out, mask = apply_edits(
+        images, {"color_r": torch.full((4,), 0.3), "color_b": torch.full((4,), -0.2)}
+    )
     assert bool(mask.all())
     assert torch.allclose(out[:, 0], (images[:, 0] + 0.3).clamp(-1, 1), atol=1e-6)
     assert torch.allclose(out[:, 1], images[:, 1], atol=1e-6)
@@ -106,21 +115,26 @@ def test_color_adds_per_channel_offsets_and_clamps(images):
 
 
 def test_per_image_alphas_in_one_batch_equal_one_image_at_a_time(images):
-    alphas = {"shift_x": torch.tensor([0.1, -0.2, 0.0, 0.3]),
-              "zoom": torch.tensor([0.7, 1.5, 2.5, 1.0]),
-              "rotate_2d": torch.tensor([10.0, -25.0, 0.0, 3.0]),
-              "rotate_3d": torch.tensor([0.0, 20.0, -40.0, 5.0]),
-              "color_g": torch.tensor([0.1, 0.0, -0.3, 0.2])}
+    alphas = {
+        "shift_x": torch.tensor([0.1, -0.2, 0.0, 0.3]),
+        "zoom": torch.tensor([0.7, 1.5, 2.5, 1.0]),
+        "rotate_2d": torch.tensor([10.0, -25.0, 0.0, 3.0]),
+        "rotate_3d": torch.tensor([0.0, 20.0, -40.0, 5.0]),
+        "color_g": torch.tensor([0.1, 0.0, -0.3, 0.2]),
+    }
     out, mask = apply_edits(images, alphas)
     for i in range(4):
-        one, one_mask = apply_edits(images[i:i + 1], {k: v[i:i + 1] for k, v in alphas.items()})
+        one, one_mask = apply_edits(images[i : i + 1], {k: v[i : i + 1] for k, v in alphas.items()})
         assert torch.allclose(out[i], one[0], atol=1e-5) and torch.equal(mask[i], one_mask[0])
 
 
 def test_composite_equals_the_edits_applied_one_after_another(images):
     """The mask follows every edit: what a step pushes out of the frame stays invalid."""
-    steps = [{"rotate_2d": torch.full((4,), 15.0)}, {"zoom": torch.full((4,), 0.8)},
-             {"shift_x": torch.full((4,), 0.1)}]
+    steps = [
+        {"rotate_2d": torch.full((4,), 15.0)},
+        {"zoom": torch.full((4,), 0.8)},
+        {"shift_x": torch.full((4,), 0.1)},
+    ]
     sequential, mask = images, None
     for step in steps:
         sequential, mask = apply_edits(sequential, step, mask=mask)
@@ -146,7 +160,7 @@ def test_warp_marks_points_behind_the_camera_invalid():
     # where the projection x = x' / (1 - x' / 4) lands inside the frame again (x' = 12 -> x = -6)
     _, mask = warp(torch.ones(1, 1, 32, 32), matrix)
     columns = mask[0, 0].amax(0)
-    assert columns[16 + 4:].sum() == 0 and bool(columns[:16 + 2].all())
+    assert columns[16 + 4 :].sum() == 0 and bool(columns[: 16 + 2].all())
 
 
 def test_unknown_walk_names_are_refused(images):

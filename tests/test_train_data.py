@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from torch.utils.data import DataLoader
+from train_helpers import FAST, copy_dataset, read_log, rewrite_shard
 
 from genrep.train.cli import main as train_main
 from genrep.train.data import DataError, TrainingStream, ViewSpec, open_data
@@ -19,18 +20,34 @@ from genrep.train.objectives import ObjectiveError
 from genrep.train.trainer import resolve
 from genrep.train.transforms import build_recipe
 
-from train_helpers import FAST, copy_dataset, read_log, rewrite_shard
-
 pytest_plugins = ["train_fixtures"]
 
 
-def batches(info, *, rank=0, world=1, workers=0, batch=4, steps=8, start=0, augment=False,
-            views=1, strict=False, labels=False):
+def batches(
+    info,
+    *,
+    rank=0,
+    world=1,
+    workers=0,
+    batch=4,
+    steps=8,
+    start=0,
+    augment=False,
+    views=1,
+    strict=False,
+    labels=False,
+):
     recipe = build_recipe("genrep")
-    spec = ViewSpec(views=views, transform=recipe.augment(28) if augment else recipe.plain(28, 32),
-                    neighbors=info.neighbors, needs_latents=False, needs_labels=labels,
-                    label_index={c: i for i, c in enumerate(info.classes or [])} or None,
-                    strict=strict, seed=0)
+    spec = ViewSpec(
+        views=views,
+        transform=recipe.augment(28) if augment else recipe.plain(28, 32),
+        neighbors=info.neighbors,
+        needs_latents=False,
+        needs_labels=labels,
+        label_index={c: i for i, c in enumerate(info.classes or [])} or None,
+        strict=strict,
+        seed=0,
+    )
     stream = TrainingStream(info, spec, rank, world, batch, start, shuffle_buffer=16)
     return list(itertools.islice(DataLoader(stream, batch_size=batch, num_workers=workers), steps))
 
@@ -57,7 +74,8 @@ def test_epochs_reshuffle_and_a_resumed_stream_continues_exactly(datasets):
     assert len(set(first)) == info.epoch_size and set(first) == set(second)
     assert first != second  # each epoch comes in its own order
     resumed = batches(info, workers=2, steps=10, start=14, augment=True, views=2)
-    for expected, got in zip(full[14:], resumed):
+    assert len(resumed) == 10
+    for expected, got in zip(full[14:24], resumed, strict=True):
         assert expected["key"] == got["key"]
         assert torch.equal(expected["images"], got["images"])  # same Tx too
 
@@ -84,9 +102,24 @@ def test_bad_samples_are_skipped_and_counted_or_fatal_with_strict(datasets, tmp_
     with pytest.raises(DataError, match="shard-000003.tar"):
         batches(info, steps=16, batch=4, views=3, strict=True, workers=1)
     # From a DataLoader worker to the command line: one line naming the shard, no traceback.
-    result = CliRunner().invoke(train_main, [str(folder), *FAST, "--workers", "1", "--strict",
-                                             "--batch-size", "64", "--steps", "1",
-                                             "--input-size", "16", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        train_main,
+        [
+            str(folder),
+            *FAST,
+            "--workers",
+            "1",
+            "--strict",
+            "--batch-size",
+            "64",
+            "--steps",
+            "1",
+            "--input-size",
+            "16",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2
     assert "shard-000003.tar: sample 0000000" in result.output
     assert "Traceback" not in result.output
@@ -117,9 +150,23 @@ def test_a_pickle_payload_in_a_shard_never_runs(datasets, tmp_path):
     for shard in ("shard-000000.tar", "shard-000003.tar"):
         rewrite_shard(folder, shard, add_payload)
     # One step of a batch of 64 is one epoch: every sample is read and decoded.
-    result = CliRunner().invoke(train_main, [str(folder), *FAST, "--batch-size", "64",
-                                             "--steps", "1", "--views", "2", "--input-size", "16",
-                                             "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        train_main,
+        [
+            str(folder),
+            *FAST,
+            "--batch-size",
+            "64",
+            "--steps",
+            "1",
+            "--views",
+            "2",
+            "--input-size",
+            "16",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert not marker.exists()
     assert read_log(tmp_path / "run")[-1]["skipped_samples"] == 0
@@ -165,8 +212,15 @@ def test_several_shard_folders_train_as_one_dataset(datasets):
 
 
 def test_bad_combinations_of_inputs_are_refused(datasets, real_folder):
-    options = {"objective": "inverter", "tx": "genrep", "batch_size": 8, "lr": 0.03,
-               "precision": "auto", "epochs": None, "steps": 4}
+    options = {
+        "objective": "inverter",
+        "tx": "genrep",
+        "batch_size": 8,
+        "lr": 0.03,
+        "precision": "auto",
+        "epochs": None,
+        "steps": 4,
+    }
     with pytest.raises(ObjectiveError, match="real images have no latents"):
         resolve(options, open_data([], real_folder, None), 1)
     with pytest.raises(ObjectiveError, match="needs class labels"):

@@ -16,13 +16,12 @@ import torch.multiprocessing as mp
 import torchvision
 import yaml
 from click.testing import CliRunner
+from train_helpers import FAST, read_log
 
 from genrep.train.cli import export_main
 from genrep.train.cli import main as train_main
 from genrep.train.data import open_data
 from genrep.train.trainer import CosineSchedule, TrainError, resolve, train
-
-from train_helpers import FAST, read_log
 
 pytest_plugins = ["train_fixtures"]
 
@@ -52,11 +51,20 @@ def runs(datasets, tmp_path_factory):
             out = tmp_path_factory.mktemp("runs") / objective
             config = out.parent / f"{objective}.yaml"
             # Everything but the output folder comes from a YAML config, as users may do.
-            config.write_text(yaml.safe_dump({
-                "objective": objective, "shards": [str(datasets(name))], "batch_size": 16,
-                "steps": 20, "augment": False}))
-            invoke(train_main, ["--config", config, *FAST, "--log-every", "5", *flags,
-                                "--out", out])
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "objective": objective,
+                        "shards": [str(datasets(name))],
+                        "batch_size": 16,
+                        "steps": 20,
+                        "augment": False,
+                    }
+                )
+            )
+            invoke(
+                train_main, ["--config", config, *FAST, "--log-every", "5", *flags, "--out", out]
+            )
             made[objective] = out
         return made[objective]
 
@@ -93,18 +101,43 @@ def test_run_folder_holds_a_strict_torchvision_backbone(runs, tmp_path):
     assert all(torch.equal(exported[k], state[k]) for k in state)
     # Rerunning a finished command changes nothing.
     before = (run / "checkpoint.pt").stat().st_mtime_ns
-    result = CliRunner().invoke(train_main, ["--config", run.parent / "simclr.yaml", *FAST,
-                                             "--log-every", "5", *OBJECTIVE_RUNS["simclr"][1],
-                                             "--out", run])
+    result = CliRunner().invoke(
+        train_main,
+        [
+            "--config",
+            run.parent / "simclr.yaml",
+            *FAST,
+            "--log-every",
+            "5",
+            *OBJECTIVE_RUNS["simclr"][1],
+            "--out",
+            run,
+        ],
+    )
     assert result.exit_code == 0 and "already trained" in result.output
     assert (run / "checkpoint.pt").stat().st_mtime_ns == before
 
 
 def test_a_changed_command_does_not_resume_another_run(runs, datasets):
     run = runs("simclr")
-    result = CliRunner().invoke(train_main, [str(datasets("gauss")), *FAST, "--views", "2",
-                                             "--lr", "0.1", "--steps", "20", "--no-augment",
-                                             "--batch-size", "16", "--out", str(run)])
+    result = CliRunner().invoke(
+        train_main,
+        [
+            str(datasets("gauss")),
+            *FAST,
+            "--views",
+            "2",
+            "--lr",
+            "0.1",
+            "--steps",
+            "20",
+            "--no-augment",
+            "--batch-size",
+            "16",
+            "--out",
+            str(run),
+        ],
+    )
     assert result.exit_code == 2 and "other settings" in result.output and "lr" in result.output
 
 
@@ -117,9 +150,26 @@ def _last_logged_step(run: Path) -> int:
 
 def test_kill_and_resume_continues_at_the_saved_step(datasets, tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "genrep.train.cli", str(datasets("gauss")), *FAST,
-               "--views", "2", "--no-augment", "--batch-size", "16", "--lr", "0.5",
-               "--steps", "20", "--checkpoint-every", "6", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "genrep.train.cli",
+        str(datasets("gauss")),
+        *FAST,
+        "--views",
+        "2",
+        "--no-augment",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.5",
+        "--steps",
+        "20",
+        "--checkpoint-every",
+        "6",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:
@@ -159,8 +209,14 @@ def _free_port() -> int:
 
 def _ddp_rank(rank: int, world: int, port: int, args: list[str], out: str) -> None:
     """One torchrun-like rank: environment variables, then the trainer with a key-recording hook."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)  # as torchrun does: two ranks share the CPU
     options = train_main.make_context("genrep-train", args).params
     options["shards"] = list(options["shards"])
@@ -178,9 +234,27 @@ def _ddp_rank(rank: int, world: int, port: int, args: list[str], out: str) -> No
 def test_ddp_ranks_take_equal_steps_over_disjoint_data(datasets, tmp_path):
     # Shards of 20, 20, 20 and 4 anchors; 2 ranks x 2 workers; global batch 8 -> 8 steps/epoch.
     run = tmp_path / "ddp"
-    args = [str(datasets("gauss")), "--arch", "resnet18", "--no-progress", "--views", "2",
-            "--no-augment", "--batch-size", "8", "--epochs", "1", "--workers", "2",
-            "--log-every", "4", "--device", "cpu", "--out", str(run)]
+    args = [
+        str(datasets("gauss")),
+        "--arch",
+        "resnet18",
+        "--no-progress",
+        "--views",
+        "2",
+        "--no-augment",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--workers",
+        "2",
+        "--log-every",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(run),
+    ]
     mp.spawn(_ddp_rank, args=(2, _free_port(), args, str(tmp_path / "seen")), nprocs=2)
     ranks = [torch.load(tmp_path / f"seen.{rank}", weights_only=True) for rank in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == list(range(1, 9))
@@ -194,8 +268,16 @@ def test_ddp_ranks_take_equal_steps_over_disjoint_data(datasets, tmp_path):
 
 def test_resolve_fills_the_paper_defaults(datasets):
     gauss = open_data([datasets("gauss")], None, None)
-    options = {"objective": "simclr", "tx": "genrep", "batch_size": 32, "lr": 0.03,
-               "precision": "auto", "epochs": None, "steps": None, "seed": 0}
+    options = {
+        "objective": "simclr",
+        "tx": "genrep",
+        "batch_size": 32,
+        "lr": 0.03,
+        "precision": "auto",
+        "epochs": None,
+        "steps": None,
+        "seed": 0,
+    }
     config = resolve(options, gauss, world=2)
     assert config["lr_scaled"] == pytest.approx(0.03 * 32 / 256)  # linear in the batch
     assert config["views"] == 3 and config["augment"] is True  # anchor + its 2 neighbors

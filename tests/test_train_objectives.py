@@ -22,8 +22,11 @@ def info(classes=None, z_dim=8, name="toy") -> DatasetInfo:
 
 def batch_of(samples: int, views: int, labels=None, z_dim=8) -> dict:
     """The targets of a batch, as the trainer hands them to an objective."""
-    return {"views": views, "latents": torch.randn(samples, views, z_dim),
-            "label": torch.as_tensor(labels if labels is not None else [-1] * samples)}
+    return {
+        "views": views,
+        "latents": torch.randn(samples, views, z_dim),
+        "label": torch.as_tensor(labels if labels is not None else [-1] * samples),
+    }
 
 
 def projections(objective, features):
@@ -69,8 +72,9 @@ def test_simclr_multi_positive_follows_eq1_per_pair():
 
 def test_supcon_positives_share_the_class():
     torch.manual_seed(2)
-    objective = OBJECTIVES.get("supcon")(16, info(classes=[0, 1, 2]), projection_dim=8,
-                                         temperature=0.1)
+    objective = OBJECTIVES.get("supcon")(
+        16, info(classes=[0, 1, 2]), projection_dim=8, temperature=0.1
+    )
     labels = [0, 1, 0, 2]
     features = torch.randn(4 * 2, 16)
     loss, _ = objective(features, batch_of(4, 2, labels))
@@ -116,8 +120,9 @@ def test_inverter_regresses_z_and_class_when_conditional():
     conditional = OBJECTIVES.get("inverter")(16, info(classes=[5, 7], z_dim=8))
     batch = batch_of(4, 1, [0, 1, 1, 0], z_dim=8)
     loss, metrics = conditional(features, batch)
-    expected = (F.mse_loss(conditional.head(features), batch["latents"].flatten(0, 1))
-                + F.cross_entropy(conditional.class_head(features), batch["label"]))
+    expected = F.mse_loss(
+        conditional.head(features), batch["latents"].flatten(0, 1)
+    ) + F.cross_entropy(conditional.class_head(features), batch["label"])
     assert torch.allclose(loss, expected) and "class_ce" in metrics
 
 
@@ -140,8 +145,9 @@ def test_recipes():
     plain = genrep.plain(28, 32)
     assert torch.equal(plain(image), plain(image))  # no randomness without Tx
     torch.manual_seed(0)
-    colorful = Image.frombytes("RGB", (40, 40), torch.randint(0, 255, (40 * 40 * 3,),
-                                                              dtype=torch.uint8).numpy().tobytes())
+    colorful = Image.frombytes(
+        "RGB", (40, 40), torch.randint(0, 255, (40 * 40 * 3,), dtype=torch.uint8).numpy().tobytes()
+    )
     views = {tuple(simclr.augment(32)(colorful).flatten()[:50].tolist()) for _ in range(4)}
     assert len(views) > 1  # Tx is random
 
@@ -152,21 +158,24 @@ GATHER_OBJECTIVES = ("simclr", "supcon")
 def _rank_gradients(rank: int, world: int, init_file: str, out: str) -> None:
     """One rank of the gather test: its share of each objective's gradient, saved to `out.RANK`."""
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
     try:
         result = {}
         for name in GATHER_OBJECTIVES:
             objective, features, labels = _setup(name)
             mine = slice(rank * 8, (rank + 1) * 8)  # 4 samples x 2 views per rank
             local = features[mine].clone().requires_grad_(True)
-            loss, _ = objective(local, batch_of(4, 2, labels[rank * 4:(rank + 1) * 4]))
+            loss, _ = objective(local, batch_of(4, 2, labels[rank * 4 : (rank + 1) * 4]))
             loss.backward()
             for param in objective.parameters():
                 torch.distributed.all_reduce(param.grad)
                 param.grad /= world  # what DDP does
-            result[name] = {"features": local.grad / world,
-                            "head": [p.grad.clone() for p in objective.parameters()]}
+            result[name] = {
+                "features": local.grad / world,
+                "head": [p.grad.clone() for p in objective.parameters()],
+            }
         torch.save(result, f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
@@ -188,7 +197,8 @@ def test_cross_rank_gather_gives_the_single_process_gradient(tmp_path):
         loss.backward()
         for rank in range(2):
             got = torch.load(tmp_path / f"grad.{rank}", weights_only=True)[name]
-            assert torch.allclose(got["features"], features.grad[rank * 8:(rank + 1) * 8],
-                                  atol=1e-6)
-            for mine, full in zip(got["head"], objective.parameters()):
+            assert torch.allclose(
+                got["features"], features.grad[rank * 8 : (rank + 1) * 8], atol=1e-6
+            )
+            for mine, full in zip(got["head"], objective.parameters(), strict=True):
                 assert torch.allclose(mine, full.grad, atol=1e-6)

@@ -84,8 +84,9 @@ def test_download_over_http_is_checked_cached_and_reused(home, server):
     assert resolved.sha256 == spec.sha256
     assert os.listdir(home / "weights") == ["model.bin"]  # no temp file left behind
     # The second resolution reads the cache: its only URL is unreachable.
-    again = resolve_weights(WeightsSpec("model.bin", (_closed_port_url(),), spec.sha256), None,
-                            model="toy")
+    again = resolve_weights(
+        WeightsSpec("model.bin", (_closed_port_url(),), spec.sha256), None, model="toy"
+    )
     assert again == resolved
 
 
@@ -101,8 +102,11 @@ def test_wrong_checksum_download_is_rejected_and_not_cached(home, server):
 
 
 def test_mirrors_are_tried_in_order(home, server):
-    spec = WeightsSpec("model.bin", (_closed_port_url(), f"{server}/missing.bin",
-                                     f"{server}/model.bin"), hashlib.sha256(PAYLOAD).hexdigest())
+    spec = WeightsSpec(
+        "model.bin",
+        (_closed_port_url(), f"{server}/missing.bin", f"{server}/model.bin"),
+        hashlib.sha256(PAYLOAD).hexdigest(),
+    )
     assert resolve_weights(spec, None, model="toy").path.read_bytes() == PAYLOAD
 
 
@@ -192,8 +196,12 @@ def test_restricted_unpickler_loads_tensors_and_numbers(tmp_path):
 
     import numpy as np
 
-    data = collections.OrderedDict(w=torch.nn.Parameter(torch.arange(6.0).view(2, 3)),
-                                   view=torch.arange(5.0)[2:], gain=np.float64(0.5), ids={1, 2})
+    data = collections.OrderedDict(
+        w=torch.nn.Parameter(torch.arange(6.0).view(2, 3)),
+        view=torch.arange(5.0)[2:],
+        gain=np.float64(0.5),
+        ids={1, 2},
+    )
     for protocol in (2, pickle.HIGHEST_PROTOCOL):
         path = tmp_path / f"ok{protocol}.pkl"
         path.write_bytes(pickle.dumps(data, protocol=protocol))

@@ -5,11 +5,10 @@ Datasets are made once per test session (32 px, a few dozen anchors) and shared 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from train_helpers import DATASETS, generate
 
 _made: dict[str, Path] = {}

@@ -7,8 +7,9 @@ shards copies a dataset first (`copy_dataset`).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -35,7 +36,8 @@ def generate(out: Path, *flags: str) -> Path:
     result = CliRunner().invoke(
         generate_main,
         ["--no-progress", "--size", "32", "--workers", "0", "--out", str(out), *flags],
-        catch_exceptions=False)
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -45,8 +47,9 @@ def copy_dataset(source: Path, target: Path) -> Path:
     return target
 
 
-def rewrite_shard(folder: Path, shard: str,
-                  edit: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+def rewrite_shard(
+    folder: Path, shard: str, edit: Callable[[dict[str, Any]], dict[str, Any] | None]
+) -> None:
     """Rewrite one shard of a dataset through `edit(raw) -> raw` and update its manifest entry."""
     path = folder / shard
     samples = []

@@ -52,14 +52,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(
-            f"{path} does not exist; pass a genrep-train checkpoint.pt or run folder") from None
+            f"{path} does not exist; pass a genrep-train checkpoint.pt or run folder"
+        ) from None
     except Exception as err:  # corrupt files and pickles with code surface as many types
         raise CheckpointError(
-            f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or "backbone" not in checkpoint \
-            or "arch" not in (checkpoint.get("config") or {}):
+            f"{path} is not a loadable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "backbone" not in checkpoint
+        or "arch" not in (checkpoint.get("config") or {})
+    ):
         raise CheckpointError(
-            f"{path} is not a genrep-train checkpoint (no backbone and config.arch)")
+            f"{path} is not a genrep-train checkpoint (no backbone and config.arch)"
+        )
     return checkpoint
 
 

@@ -18,10 +18,11 @@ import hashlib
 import itertools
 import math
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,8 +73,9 @@ class Source:
         """Samples that stream `stream` of `streams` reads per epoch."""
         return (stream + 1) * self.size // streams - stream * self.size // streams
 
-    def epoch_ranges(self, epoch: int, seed: int, stream: int,
-                     streams: int) -> Iterator[tuple[int, int, int]]:
+    def epoch_ranges(
+        self, epoch: int, seed: int, stream: int, streams: int
+    ) -> Iterator[tuple[int, int, int]]:
         """(unit, start, stop) pieces of the epoch's sample sequence that belong to `stream`."""
         order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(self.units))
         counts = self.counts[order]
@@ -116,8 +118,12 @@ class ImageFileSource(Source):
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
         path = self.units[unit]
-        yield {"__url__": str(path), "__uid__": str(path.relative_to(self.root)),
-               "__key__": path.stem, "label": self.labels[unit]}
+        yield {
+            "__url__": str(path),
+            "__uid__": str(path.relative_to(self.root)),
+            "__key__": path.stem,
+            "label": self.labels[unit],
+        }
 
 
 @dataclass
@@ -159,8 +165,13 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
     conditional = {m["generator"]["num_classes"] > 0 for m in manifests}
     classes = None
     if conditional == {True}:
-        classes = sorted({int(c) for m in manifests
-                          for c in (m.get("classes") or range(m["generator"]["num_classes"]))})
+        classes = sorted(
+            {
+                int(c)
+                for m in manifests
+                for c in (m.get("classes") or range(m["generator"]["num_classes"]))
+            }
+        )
     hashes = [content_hash(m) for m in manifests]
     summary = {
         "name": "+".join(names),
@@ -169,7 +180,8 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
         "neighbors": min(int(m.get("neighbors") or 0) for m in manifests),
         "z_dim": z_dims.pop() if len(z_dims) == 1 else None,
         "classes": classes,
-        "manifest_hash": hashes[0] if len(hashes) == 1
+        "manifest_hash": hashes[0]
+        if len(hashes) == 1
         else hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
     }
     return ShardSource(summary["name"], paths, counts), summary
@@ -181,13 +193,15 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
     try:
         folder = ImageFolder(str(root))
     except (FileNotFoundError, OSError) as err:
-        raise DataError(f"--real {root}: {err}; pass a folder with one sub-folder of images "
-                        "per class") from None
+        raise DataError(
+            f"--real {root}: {err}; pass a folder with one sub-folder of images per class"
+        ) from None
     return ImageFileSource(root, folder.samples, folder.classes)
 
 
-def open_data(shard_folders: Sequence[str | Path], real: str | Path | None,
-              real_fraction: float | None) -> DatasetInfo:
+def open_data(
+    shard_folders: Sequence[str | Path], real: str | Path | None, real_fraction: float | None
+) -> DatasetInfo:
     """Open the training input named on the command line, checking the combination makes sense."""
     if not shard_folders and real is None:
         raise DataError("pass one or more shard folders made by genrep-generate, or --real DIR")
@@ -204,17 +218,34 @@ def open_data(shard_folders: Sequence[str | Path], real: str | Path | None,
         shards, summary = open_shard_folders(shard_folders)
         sources.append(shards)
     if real is None:
-        return DatasetInfo(summary["name"], summary["size"], summary["image_size"],
-                           summary["neighbors"], summary["z_dim"], summary["classes"],
-                           summary["manifest_hash"], sources)
+        return DatasetInfo(
+            summary["name"],
+            summary["size"],
+            summary["image_size"],
+            summary["neighbors"],
+            summary["z_dim"],
+            summary["classes"],
+            summary["manifest_hash"],
+            sources,
+        )
     images = open_image_folder(real)
     sources.append(images)
     if not shard_folders:
-        return DatasetInfo(images.name, images.size, REAL_IMAGE_SIZE, 0, None, images.classes,
-                           None, sources)
+        return DatasetInfo(
+            images.name, images.size, REAL_IMAGE_SIZE, 0, None, images.classes, None, sources
+        )
     # A mix: real images have no latents, and their labels are not the generator's classes.
-    return DatasetInfo(f"{summary['name']}+{images.name}", images.size, summary["image_size"], 0,
-                       None, None, summary["manifest_hash"], sources, real_fraction)
+    return DatasetInfo(
+        f"{summary['name']}+{images.name}",
+        images.size,
+        summary["image_size"],
+        0,
+        None,
+        None,
+        summary["manifest_hash"],
+        sources,
+        real_fraction,
+    )
 
 
 @dataclass
@@ -251,8 +282,16 @@ class TrainingStream(IterableDataset):
     samples dropped just before this one, so the trainer can count them).
     """
 
-    def __init__(self, info: DatasetInfo, spec: ViewSpec, rank: int, world: int,
-                 batch_size: int, start_step: int, shuffle_buffer: int) -> None:
+    def __init__(
+        self,
+        info: DatasetInfo,
+        spec: ViewSpec,
+        rank: int,
+        world: int,
+        batch_size: int,
+        start_step: int,
+        shuffle_buffer: int,
+    ) -> None:
         super().__init__()
         self.info, self.spec = info, spec
         self.rank, self.world = rank, world
@@ -267,14 +306,16 @@ class TrainingStream(IterableDataset):
         pipeline = wds.DataPipeline(lambda: self._raw(stream, streams, done), self._examples)
         return iter(pipeline)
 
-    def _source_stream(self, source: Source, stream: int, streams: int,
-                       skip: int) -> Iterator[dict[str, Any]]:
+    def _source_stream(
+        self, source: Source, stream: int, streams: int, skip: int
+    ) -> Iterator[dict[str, Any]]:
         """Raw samples of `source` for `stream`, epoch after epoch, from position `skip` on."""
         epoch, offset = divmod(skip, source.stream_length(stream, streams))
         while True:
             raws = itertools.chain.from_iterable(
                 source.read(*piece)
-                for piece in source.epoch_ranges(epoch, self.spec.seed, stream, streams))
+                for piece in source.epoch_ranges(epoch, self.spec.seed, stream, streams)
+            )
             if self.shuffle_buffer > 1:
                 rng = random.Random(sample_seed(self.spec.seed, epoch, f"shuffle:{stream}"))
                 raws = wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(raws)
@@ -306,8 +347,9 @@ class TrainingStream(IterableDataset):
                 example = self._example(raw)
             except ShardFormatError as err:
                 if self.spec.strict:
-                    raise DataError(f"{raw.get('__url__')}: {err} (drop --strict to skip such "
-                                    "samples)") from None
+                    raise DataError(
+                        f"{raw.get('__url__')}: {err} (drop --strict to skip such samples)"
+                    ) from None
                 skipped += 1
                 continue
             example["skipped"] = skipped
@@ -340,8 +382,9 @@ class TrainingStream(IterableDataset):
             example["images"] = torch.stack([spec.transform(image) for image in images])
         return example
 
-    def _shard_views(self, raw: dict[str, Any], rng: random.Random) -> tuple[
-            list[Image.Image], list[np.ndarray], int]:
+    def _shard_views(
+        self, raw: dict[str, Any], rng: random.Random
+    ) -> tuple[list[Image.Image], list[np.ndarray], int]:
         """The anchor and V-1 of its K neighbors (or V copies of the anchor when K = 0).
 
         The neighbors are picked before decoding, and only the members that training uses are
@@ -349,13 +392,18 @@ class TrainingStream(IterableDataset):
         """
         spec = self.spec
         chosen = sorted(rng.sample(range(spec.neighbors), spec.views - 1)) if spec.neighbors else []
-        used = ("anchor.",) + (("cls",) if spec.needs_labels else ()) \
+        used = (
+            ("anchor.",)
+            + (("cls",) if spec.needs_labels else ())
             + (("latent.npy", "neighbor_latent.npy") if spec.needs_latents else ())
+        )
         members = {name: value for name, value in raw.items() if name.startswith(used)}
         members["__key__"] = raw.get("__key__")
         for i, j in enumerate(chosen):
-            name = next((f"neighbor_{j}.{ext}" for ext in IMAGE_FORMATS
-                         if f"neighbor_{j}.{ext}" in raw), None)
+            name = next(
+                (f"neighbor_{j}.{ext}" for ext in IMAGE_FORMATS if f"neighbor_{j}.{ext}" in raw),
+                None,
+            )
             if name is None:
                 raise ShardFormatError(f"sample {raw.get('__key__')}: neighbor view {j} is missing")
             members[f"neighbor_{i}.{name.rsplit('.', 1)[1]}"] = raw[name]
@@ -367,9 +415,13 @@ class TrainingStream(IterableDataset):
             label = spec.label_index[sample.label]
         latents: list[np.ndarray] = []
         if spec.needs_latents:
-            if sample.latent is None or (chosen and (
+            if sample.latent is None or (
+                chosen
+                and (
                     sample.neighbor_latents is None
-                    or sample.neighbor_latents.shape[0] <= chosen[-1])):
+                    or sample.neighbor_latents.shape[0] <= chosen[-1]
+                )
+            ):
                 raise ShardFormatError(f"sample {sample.key}: lacks its latents")
             latents = [sample.latent] + [sample.neighbor_latents[j] for j in chosen]
         if not spec.neighbors:
@@ -383,8 +435,10 @@ def check_stream_sizes(info: DatasetInfo, world: int, workers: int, batch_size: 
     if smallest < world:
         raise DataError(f"the training data has {smallest} samples, fewer than the {world} ranks")
     if info.epoch_size < batch_size:
-        raise DataError(f"the training data has {info.epoch_size} samples, fewer than one batch "
-                        f"({batch_size}); lower --batch-size")
+        raise DataError(
+            f"the training data has {info.epoch_size} samples, fewer than one batch "
+            f"({batch_size}); lower --batch-size"
+        )
     return min(workers, smallest // world)
 
 

@@ -22,8 +22,11 @@ class ArchError(ValueError):
 
 def resnet_names() -> list[str]:
     """torchvision's ResNet family (resnet*, resnext*, wide_resnet*)."""
-    return sorted(name for name in torchvision.models.list_models(module=torchvision.models)
-                  if name.startswith(("resnet", "resnext", "wide_resnet")))
+    return sorted(
+        name
+        for name in torchvision.models.list_models(module=torchvision.models)
+        if name.startswith(("resnet", "resnext", "wide_resnet"))
+    )
 
 
 def build_backbone(arch: str) -> nn.Module:
@@ -50,7 +53,8 @@ class TrainModel(nn.Module):
         self.backbone = backbone
         self.objective = objective
 
-    def forward(self, images: torch.Tensor,
-                targets: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, targets: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         features = self.backbone(images)
         return self.objective(features, targets)

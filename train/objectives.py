@@ -19,7 +19,7 @@ from torch import nn
 from genrep.registry import Registry
 from genrep.train.data import DatasetInfo
 
-OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 #: logit given to masked-out pairs: exp() of it is 0, and unlike -inf it keeps gradients finite
 MASKED = -1e9
@@ -42,8 +42,13 @@ class Objective(nn.Module):
     #: needs at least two different views per sample
     contrastive: ClassVar[bool] = False
 
-    def __init__(self, feature_dim: int, info: DatasetInfo, projection_dim: int = 128,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        info: DatasetInfo,
+        projection_dim: int = 128,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__()
         self.check(info)
 
@@ -59,23 +64,29 @@ class Objective(nn.Module):
             raise ObjectiveError(
                 f"objective {cls.name} needs class labels, and {info.name} has none: generate a "
                 "class-conditional dataset (genrep-generate --classes ...), or pass --real DIR "
-                "alone (real images mixed with generated ones share no label space)")
+                "alone (real images mixed with generated ones share no label space)"
+            )
         if cls.needs_latents and info.z_dim is None:
             raise ObjectiveError(
                 f"objective {cls.name} regresses the generator latent z of each image, and "
                 f"{info.name} has none (real images have no latents): train it on shard folders "
-                "of one generator only")
+                "of one generator only"
+            )
 
-    def forward(self, features: torch.Tensor,
-                targets: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, features: torch.Tensor, targets: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, metrics) of the features [B*V, D] of a batch; metrics are detached tensors."""
         raise NotImplementedError
 
 
 def projection_head(feature_dim: int, projection_dim: int) -> nn.Module:
     """The 2-layer MLP of SimCLR/SupCon (hidden width = feature width)."""
-    return nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True),
-                         nn.Linear(feature_dim, projection_dim))
+    return nn.Sequential(
+        nn.Linear(feature_dim, feature_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(feature_dim, projection_dim),
+    )
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -97,7 +108,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
+        return grad[start : start + ctx.rows]
 
 
 def _distributed() -> bool:
@@ -125,8 +136,13 @@ class ContrastiveObjective(Objective):
 
     contrastive = True
 
-    def __init__(self, feature_dim: int, info: DatasetInfo, projection_dim: int = 128,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        info: DatasetInfo,
+        projection_dim: int = 128,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__(feature_dim, info, projection_dim, temperature)
         self.head = projection_head(feature_dim, projection_dim)
         self.temperature = temperature
@@ -135,8 +151,9 @@ class ContrastiveObjective(Objective):
         """Per row of the similarity matrix, the id shared by the rows that are its positives."""
         raise NotImplementedError
 
-    def forward(self, features: torch.Tensor,
-                targets: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, features: torch.Tensor, targets: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         local = F.normalize(self.head(features).float(), dim=1)
         everything, offset = gather_with_grad(local)
         ids = self.group_ids(targets, features.shape[0] // targets["views"])
@@ -160,8 +177,9 @@ class ContrastiveObjective(Objective):
             accuracy = positive[rows, top].float().mean()
         return loss, {"positive_top1": accuracy}
 
-    def pair_losses(self, logits: torch.Tensor, positive: torch.Tensor,
-                    not_self: torch.Tensor) -> torch.Tensor:
+    def pair_losses(
+        self, logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor
+    ) -> torch.Tensor:
         """-log p of every (anchor, candidate) pair; only positive pairs are used."""
         raise NotImplementedError
 
@@ -180,8 +198,9 @@ class SimCLR(ContrastiveObjective):
         rank = dist.get_rank() if _distributed() else 0
         return torch.arange(samples) + rank * samples
 
-    def pair_losses(self, logits: torch.Tensor, positive: torch.Tensor,
-                    not_self: torch.Tensor) -> torch.Tensor:
+    def pair_losses(
+        self, logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor
+    ) -> torch.Tensor:
         negative = not_self & ~positive
         # A finite fill keeps the gradient finite for an anchor without negatives (it then adds 0).
         negatives = torch.logsumexp(logits.masked_fill(~negative, MASKED), 1, keepdim=True)
@@ -202,8 +221,9 @@ class SupCon(ContrastiveObjective):
     def group_ids(self, targets: dict[str, Any], samples: int) -> torch.Tensor:
         return targets["label"].long()
 
-    def pair_losses(self, logits: torch.Tensor, positive: torch.Tensor,
-                    not_self: torch.Tensor) -> torch.Tensor:
+    def pair_losses(
+        self, logits: torch.Tensor, positive: torch.Tensor, not_self: torch.Tensor
+    ) -> torch.Tensor:
         denominator = torch.logsumexp(logits.masked_fill(~not_self, MASKED), 1, keepdim=True)
         return denominator - logits
 
@@ -220,8 +240,13 @@ class Inverter(Objective):
     default_augment = False
     default_views = 1
 
-    def __init__(self, feature_dim: int, info: DatasetInfo, projection_dim: int = 128,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        info: DatasetInfo,
+        projection_dim: int = 128,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__(feature_dim, info, projection_dim, temperature)
         self.head = nn.Linear(feature_dim, info.z_dim)
         self.class_head = nn.Linear(feature_dim, info.num_classes) if info.num_classes else None
@@ -230,8 +255,9 @@ class Inverter(Objective):
     def uses_labels(cls, info: DatasetInfo) -> bool:
         return info.num_classes > 0
 
-    def forward(self, features: torch.Tensor,
-                targets: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, features: torch.Tensor, targets: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         target = targets["latents"].flatten(0, 1).float()
         latent_loss = F.mse_loss(self.head(features).float(), target)
         metrics = {"latent_mse": latent_loss.detach()}
@@ -240,8 +266,9 @@ class Inverter(Objective):
             labels = targets["label"].long().repeat_interleave(targets["views"])
             logits = self.class_head(features).float()
             class_loss = F.cross_entropy(logits, labels)
-            metrics.update(class_ce=class_loss.detach(),
-                           accuracy=(logits.argmax(1) == labels).float().mean())
+            metrics.update(
+                class_ce=class_loss.detach(), accuracy=(logits.argmax(1) == labels).float().mean()
+            )
             loss = loss + class_loss
         return loss, metrics
 
@@ -254,13 +281,19 @@ class Classifier(Objective):
     needs_labels = True
     default_views = 1
 
-    def __init__(self, feature_dim: int, info: DatasetInfo, projection_dim: int = 128,
-                 temperature: float = 0.1) -> None:
+    def __init__(
+        self,
+        feature_dim: int,
+        info: DatasetInfo,
+        projection_dim: int = 128,
+        temperature: float = 0.1,
+    ) -> None:
         super().__init__(feature_dim, info, projection_dim, temperature)
         self.head = nn.Linear(feature_dim, info.num_classes)
 
-    def forward(self, features: torch.Tensor,
-                targets: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, features: torch.Tensor, targets: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = targets["label"].long().repeat_interleave(targets["views"])
         logits = self.head(features).float()
         loss = F.cross_entropy(logits, labels)

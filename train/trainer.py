@@ -12,11 +12,12 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -56,9 +57,22 @@ DEFAULT_EPOCHS = 20
 #: the cosine schedule ends at this fraction of the peak lr (eta_min of the released code)
 FINAL_LR_FRACTION = 1e-3
 #: options that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = frozenset({"workers", "device", "precision", "checkpoint_every", "log_every",
-                               "progress", "strict", "shards", "real", "out", "world_size",
-                               "local_batch_size"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "workers",
+        "device",
+        "precision",
+        "checkpoint_every",
+        "log_every",
+        "progress",
+        "strict",
+        "shards",
+        "real",
+        "out",
+        "world_size",
+        "local_batch_size",
+    }
+)
 PRECISIONS = ("auto", "bf16", "fp32")
 
 StepHook = Callable[[int, dict[str, Any]], None]
@@ -113,8 +127,13 @@ class CosineSchedule:
         return final + (self.peak_lr - final) * (1 + math.cos(math.pi * min(1.0, progress))) / 2
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": "cosine", "peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "final_lr_fraction": FINAL_LR_FRACTION}
+        return {
+            "name": "cosine",
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "final_lr_fraction": FINAL_LR_FRACTION,
+        }
 
 
 def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str, Any]:
@@ -128,15 +147,18 @@ def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str,
     if views < 1:
         raise TrainError(f"--views must be >= 1, got {views}")
     if k and views > k + 1:
-        raise TrainError(f"--views {views} needs {views - 1} neighbor views per anchor; "
-                         f"{info.name} stores {k}: pass --views {k + 1} or fewer")
+        raise TrainError(
+            f"--views {views} needs {views - 1} neighbor views per anchor; "
+            f"{info.name} stores {k}: pass --views {k + 1} or fewer"
+        )
     if objective.name == "simclr" and views < 2:
         raise TrainError("simclr contrasts two or more views of a sample: pass --views 2 or more")
     augment = objective.default_augment if options.get("augment") is None else options["augment"]
     if objective.contrastive and not augment and k == 0:
         raise TrainError(
             f"with --no-augment the views of {info.name} would be identical copies (it has no "
-            "latent neighbor views): drop --no-augment, or train on a dataset made with a view")
+            "latent neighbor views): drop --no-augment, or train on a dataset made with a view"
+        )
     recipe = build_recipe(options["tx"])
     input_size = options.get("input_size") or recipe.default_input_size(info.image_size)
     batch = options["batch_size"]
@@ -152,13 +174,24 @@ def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str,
     if options["precision"] not in PRECISIONS:
         raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
     config.update(
-        views=views, augment=augment, input_size=input_size, steps=total,
-        epochs=None if options.get("steps") else epochs, steps_per_epoch=per_epoch,
-        lr_scaled=options["lr"] * batch / LR_REFERENCE_BATCH, world_size=world,
+        views=views,
+        augment=augment,
+        input_size=input_size,
+        steps=total,
+        epochs=None if options.get("steps") else epochs,
+        steps_per_epoch=per_epoch,
+        lr_scaled=options["lr"] * batch / LR_REFERENCE_BATCH,
+        world_size=world,
         local_batch_size=batch // world,
-        dataset={"name": info.name, "epoch_size": info.epoch_size, "image_size": info.image_size,
-                 "neighbors": k, "z_dim": info.z_dim, "classes": info.classes,
-                 "real_fraction": info.real_fraction},
+        dataset={
+            "name": info.name,
+            "epoch_size": info.epoch_size,
+            "image_size": info.image_size,
+            "neighbors": k,
+            "z_dim": info.z_dim,
+            "classes": info.classes,
+            "real_fraction": info.real_fraction,
+        },
         manifest_hash=info.manifest_hash,
         out=str(options.get("out") or Path("runs") / f"{info.name}-{objective.name}"),
     )
@@ -168,8 +201,11 @@ def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str,
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Settings that differ between a saved run and this command (ignoring resumable ones)."""
     keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
-    return sorted(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-                  for key in keys if saved.get(key) != current.get(key))
+    return sorted(
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in keys
+        if saved.get(key) != current.get(key)
+    )
 
 
 class RunLog:
@@ -193,8 +229,9 @@ class RunLog:
                 if record.get("step", 0) <= start_step:
                     kept.append(line + "\n")
             atomic_write_bytes(self.path, "".join(kept).encode())
-        self.writer = SummaryWriter(str(out / TENSORBOARD),
-                                    purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(
+            str(out / TENSORBOARD), purge_step=start_step + 1 if start_step else None
+        )
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -209,19 +246,33 @@ class RunLog:
             self.writer.close()
 
 
-def _checkpoint(path: Path, model: TrainModel, optimizer: torch.optim.Optimizer,
-                schedule: CosineSchedule, config: dict[str, Any], step: int,
-                skipped: int) -> None:
+def _checkpoint(
+    path: Path,
+    model: TrainModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: CosineSchedule,
+    config: dict[str, Any],
+    step: int,
+    skipped: int,
+) -> None:
     backbone = backbone_state(model.backbone)
-    atomic_torch_save({
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-        "step": step, "epoch": step / config["steps_per_epoch"],
-        "config": config, "manifest_hash": config["manifest_hash"],
-        "backbone": backbone,
-        "objective": {k: v.detach().cpu() for k, v in model.objective.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-        "rng": rng_state(), "skipped_samples": skipped,
-    }, path / CHECKPOINT)
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": step,
+            "epoch": step / config["steps_per_epoch"],
+            "config": config,
+            "manifest_hash": config["manifest_hash"],
+            "backbone": backbone,
+            "objective": {k: v.detach().cpu() for k, v in model.objective.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": rng_state(),
+            "skipped_samples": skipped,
+        },
+        path / CHECKPOINT,
+    )
     atomic_torch_save(backbone, path / BACKBONE)
 
 
@@ -232,8 +283,10 @@ def _resume(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = load_checkpoint(out / CHECKPOINT)
     changes = config_changes(checkpoint["config"], config)
     if changes:
-        raise TrainError(f"{out} holds a run with other settings ({'; '.join(changes)}); rerun "
-                         "with its settings to resume it, or pass another --out")
+        raise TrainError(
+            f"{out} holds a run with other settings ({'; '.join(changes)}); rerun "
+            "with its settings to resume it, or pass another --out"
+        )
     return checkpoint
 
 
@@ -244,22 +297,26 @@ def _check_same_start(start: int, out: Path, device: torch.device) -> None:
     dist.all_reduce(low, dist.ReduceOp.MIN)
     dist.all_reduce(high, dist.ReduceOp.MAX)
     if low != high:
-        raise TrainError(f"the ranks see different checkpoints in {out} (steps {int(low)} to "
-                         f"{int(high)}): put --out on a filesystem that every node shares")
+        raise TrainError(
+            f"the ranks see different checkpoints in {out} (steps {int(low)} to "
+            f"{int(high)}): put --out on a filesystem that every node shares"
+        )
 
 
-def _mean_across_ranks(values: dict[str, torch.Tensor], device: torch.device,
-                       distributed: bool) -> dict[str, float]:
+def _mean_across_ranks(
+    values: dict[str, torch.Tensor], device: torch.device, distributed: bool
+) -> dict[str, float]:
     names = sorted(values)
     stacked = torch.stack([values[name].float().to(device) for name in names])
     if distributed:
         dist.all_reduce(stacked)
         stacked /= dist.get_world_size()
-    return dict(zip(names, stacked.tolist()))
+    return dict(zip(names, stacked.tolist(), strict=True))
 
 
-def train(options: dict[str, Any], hooks: Sequence[StepHook] = (),
-          log: Callable[[str], None] = print) -> Path:
+def train(
+    options: dict[str, Any], hooks: Sequence[StepHook] = (), log: Callable[[str], None] = print
+) -> Path:
     """Train as `options` (the CLI's flags) say; returns the run folder."""
     env = setup_distributed(options["device"])
     distributed = env.world > 1
@@ -270,8 +327,13 @@ def train(options: dict[str, Any], hooks: Sequence[StepHook] = (),
             dist.destroy_process_group()
 
 
-def _train(options: dict[str, Any], env: Distributed, distributed: bool,
-           hooks: Sequence[StepHook], log: Callable[[str], None]) -> Path:
+def _train(
+    options: dict[str, Any],
+    env: Distributed,
+    distributed: bool,
+    hooks: Sequence[StepHook],
+    log: Callable[[str], None],
+) -> Path:
     info = open_data(options["shards"], options.get("real"), options.get("real_fraction"))
     config = resolve(options, info, env.world)
     workers = check_stream_sizes(info, env.world, options["workers"], options["batch_size"])
@@ -294,8 +356,12 @@ def _train(options: dict[str, Any], env: Distributed, distributed: bool,
         return out
 
     model = _build_model(config, info, env.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr_scaled"],
-                                momentum=config["momentum"], weight_decay=config["weight_decay"])
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config["lr_scaled"],
+        momentum=config["momentum"],
+        weight_decay=config["weight_decay"],
+    )
     schedule = CosineSchedule(config["lr_scaled"], total, config["warmup_steps"])
     skipped_total = 0
     if checkpoint:
@@ -306,19 +372,28 @@ def _train(options: dict[str, Any], env: Distributed, distributed: bool,
         skipped_total = int(checkpoint.get("skipped_samples", 0))
         log(f"resuming {out} at step {start}/{total}")
     cuda = env.device.type == "cuda"
-    wrapped = DistributedDataParallel(model, device_ids=[env.device] if cuda else None) \
-        if distributed else model
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[env.device] if cuda else None)
+        if distributed
+        else model
+    )
     loader = _loader(config, info, env, start, workers)
 
     precision = config["precision"]
     bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    autocast = partial(torch.autocast, env.device.type, dtype=torch.bfloat16) if bf16 \
-        else nullcontext
+    autocast = (
+        partial(torch.autocast, env.device.type, dtype=torch.bfloat16) if bf16 else nullcontext
+    )
     run_log = RunLog(out, start, env.main)
     views = config["views"]
     images_per_step = config["batch_size"] * views
-    bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-               disable=not (env.main and config["progress"]))
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (env.main and config["progress"]),
+    )
     pending: dict[str, list[torch.Tensor]] = {}
     skipped_recent = torch.zeros((), dtype=torch.long)
     window_start, window_steps = time.perf_counter(), 0
@@ -333,8 +408,14 @@ def _train(options: dict[str, Any], env: Distributed, distributed: bool,
             images = normalize(batch["images"].to(env.device, non_blocking=True).flatten(0, 1))
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = {"views": views, **{key: batch[key].to(env.device, non_blocking=True)
-                                          for key in ("label", "latents") if key in batch}}
+            targets = {
+                "views": views,
+                **{
+                    key: batch[key].to(env.device, non_blocking=True)
+                    for key in ("label", "latents")
+                    if key in batch
+                },
+            }
             with autocast():
                 loss, metrics = wrapped(images, targets)
             optimizer.zero_grad(set_to_none=True)
@@ -350,19 +431,27 @@ def _train(options: dict[str, Any], env: Distributed, distributed: bool,
                 hook(done, batch)
             if done % config["log_every"] == 0 or done == total:
                 values = _mean_across_ranks(
-                    {name: torch.stack(v).mean() for name, v in pending.items()}, env.device,
-                    distributed)
+                    {name: torch.stack(v).mean() for name, v in pending.items()},
+                    env.device,
+                    distributed,
+                )
                 skipped = skipped_recent.to(env.device)
                 if distributed:
                     dist.all_reduce(skipped)
                 skipped_total += int(skipped)
                 if not math.isfinite(values["loss"]):
-                    raise TrainError(f"the loss is {values['loss']} at step {done}: lower --lr "
-                                     "(or add --warmup-steps) and rerun with another --out")
+                    raise TrainError(
+                        f"the loss is {values['loss']} at step {done}: lower --lr "
+                        "(or add --warmup-steps) and rerun with another --out"
+                    )
                 elapsed = time.perf_counter() - window_start
                 rate = images_per_step * window_steps / max(elapsed, 1e-9)
-                values.update(lr=lr, epoch=done / config["steps_per_epoch"], images_per_s=rate,
-                              skipped_samples=skipped_total)
+                values.update(
+                    lr=lr,
+                    epoch=done / config["steps_per_epoch"],
+                    images_per_s=rate,
+                    skipped_samples=skipped_total,
+                )
                 run_log.write(done, values)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
                 pending.clear()
@@ -375,8 +464,10 @@ def _train(options: dict[str, Any], env: Distributed, distributed: bool,
         run_log.close()
         del batches
     if skipped_total:
-        log(f"skipped {skipped_total} samples with a missing or undecodable view "
-            "(--strict makes them an error)")
+        log(
+            f"skipped {skipped_total} samples with a missing or undecodable view "
+            "(--strict makes them an error)"
+        )
     log(f"trained {total} steps; backbone: {out / BACKBONE}")
     if distributed:
         dist.barrier()
@@ -388,8 +479,11 @@ def _build_model(config: dict[str, Any], info: DatasetInfo, device: torch.device
     torch.manual_seed(config["seed"])
     backbone = build_backbone(config["arch"])
     objective: Objective = OBJECTIVES.get(config["objective"])(
-        backbone.feature_dim, info, projection_dim=config["projection_dim"],
-        temperature=config["temperature"])
+        backbone.feature_dim,
+        info,
+        projection_dim=config["projection_dim"],
+        temperature=config["temperature"],
+    )
     model = TrainModel(backbone, objective).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -397,20 +491,32 @@ def _build_model(config: dict[str, Any], info: DatasetInfo, device: torch.device
     return model
 
 
-def _loader(config: dict[str, Any], info: DatasetInfo, env: Distributed, start: int,
-            workers: int) -> DataLoader:
+def _loader(
+    config: dict[str, Any], info: DatasetInfo, env: Distributed, start: int, workers: int
+) -> DataLoader:
     """This rank's DataLoader, positioned at step `start`."""
     objective = OBJECTIVES.get(config["objective"])
     recipe = build_recipe(config["tx"])
     spec = ViewSpec(
         views=config["views"],
-        transform=(recipe.augment(config["input_size"]) if config["augment"]
-                   else recipe.plain(config["input_size"], info.image_size)),
-        neighbors=info.neighbors, needs_latents=objective.needs_latents,
+        transform=(
+            recipe.augment(config["input_size"])
+            if config["augment"]
+            else recipe.plain(config["input_size"], info.image_size)
+        ),
+        neighbors=info.neighbors,
+        needs_latents=objective.needs_latents,
         needs_labels=objective.uses_labels(info),
         label_index={c: i for i, c in enumerate(info.classes)} if info.classes else None,
-        strict=config["strict"], seed=config["seed"])
-    stream = TrainingStream(info, spec, env.rank, env.world, config["local_batch_size"], start,
-                            config["shuffle_buffer"])
-    return DataLoader(stream, batch_size=config["local_batch_size"], num_workers=workers,
-                      pin_memory=env.device.type == "cuda")
+        strict=config["strict"],
+        seed=config["seed"],
+    )
+    stream = TrainingStream(
+        info, spec, env.rank, env.world, config["local_batch_size"], start, config["shuffle_buffer"]
+    )
+    return DataLoader(
+        stream,
+        batch_size=config["local_batch_size"],
+        num_workers=workers,
+        pin_memory=env.device.type == "cuda",
+    )

@@ -8,7 +8,8 @@ into float on the training device (as timm's prefetcher does), off the workers' 
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -29,7 +30,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1) * 255
     return (images.float() - mean) / std
 
-TX_RECIPES: Registry[type["TxRecipe"]] = Registry("Tx recipe")
+
+TX_RECIPES: Registry[type[TxRecipe]] = Registry("Tx recipe")
 
 
 class TxRecipe:
@@ -67,13 +69,15 @@ class GenRepRecipe(TxRecipe):
         return int(image_size * self.crop_fraction)
 
     def augment(self, input_size: int) -> Transform:
-        return T.Compose([
-            T.RandomResizedCrop(input_size, scale=(0.2, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.PILToTensor(),
-        ])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(input_size, scale=(0.2, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.PILToTensor(),
+            ]
+        )
 
 
 @TX_RECIPES.register("simclr")
@@ -88,14 +92,16 @@ class SimCLRRecipe(TxRecipe):
 
     def augment(self, input_size: int) -> Transform:
         kernel = max(3, int(0.1 * input_size) // 2 * 2 + 1)
-        return T.Compose([
-            T.RandomResizedCrop(input_size, scale=(0.08, 1.0)),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            T.PILToTensor(),
-        ])
+        return T.Compose(
+            [
+                T.RandomResizedCrop(input_size, scale=(0.08, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+                T.PILToTensor(),
+            ]
+        )
 
 
 def build_recipe(name: str) -> TxRecipe:

@@ -26,8 +26,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
-              for k in own if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
         if keys:
@@ -35,8 +38,10 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
             problems.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
     if problems:
         raise WeightsError(f"{source} does not fit this network ({'; '.join(problems)})")
-    state = {k: v.to("cpu", torch.float32) if v.is_floating_point() else v.to("cpu")
-             for k, v in state.items()}
+    state = {
+        k: v.to("cpu", torch.float32) if v.is_floating_point() else v.to("cpu")
+        for k, v in state.items()
+    }
     module.load_state_dict(state, strict=True, assign=True)
 
 
@@ -56,8 +61,11 @@ def read_json(filename: str) -> Any:
 def imagenet100_classes() -> list[int]:
     """ImageNet class ids of the ImageNet-100 subset of Tian et al. (CMC), from imagenet100.txt."""
     text = resources.files(__package__).joinpath("imagenet100.txt").read_text()
-    return [int(line.split()[0]) for line in text.splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        int(line.split()[0])
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 class SelfAttention(nn.Module):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from genrep.registry import Registry
 
 #: name -> builder(weights=None, classes=None, device="cpu", **options) -> Generator
-GENERATORS: Registry[Callable[..., "Generator"]] = Registry(
+GENERATORS: Registry[Callable[..., Generator]] = Registry(
     "model", packages=["genrep.generate.models"]
 )
 
@@ -68,10 +69,18 @@ class Generator(nn.Module):
         raise NotImplementedError
 
 
-def build_generator(name: str, *, weights: str | None = None, classes: Any = None,
-                    device: str | torch.device = "cpu", **options: Any) -> Generator:
+def build_generator(
+    name: str,
+    *,
+    weights: str | None = None,
+    classes: Any = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> Generator:
     """Build the registered generator `name` in eval mode on `device`."""
     canonical = GENERATORS.canonical(name)
-    generator = GENERATORS.get(canonical)(weights=weights, classes=classes, device=device, **options)
+    generator = GENERATORS.get(canonical)(
+        weights=weights, classes=classes, device=device, **options
+    )
     generator.name = canonical
     return generator.eval().requires_grad_(False)

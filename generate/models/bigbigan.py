@@ -27,8 +27,10 @@ from genrep.weights import WeightsError, WeightsSpec, load_state_dict_file, reso
 
 WEIGHTS = WeightsSpec(
     "BigBiGAN_x1.pth",
-    ("https://www.dropbox.com/s/9w2i45h455k3b4p/BigBiGAN_x1.pth?dl=1",
-     "https://github.com/greeneggsandyaml/tmp/releases/download/0.0.1/BigBiGAN_x1.pth"),
+    (
+        "https://www.dropbox.com/s/9w2i45h455k3b4p/BigBiGAN_x1.pth?dl=1",
+        "https://github.com/greeneggsandyaml/tmp/releases/download/0.0.1/BigBiGAN_x1.pth",
+    ),
 )
 
 BN_EPS = 1e-4  # class-conditional batch norms (BN_eps of the conversion's config)
@@ -51,8 +53,9 @@ class ConditionalBatchNorm(nn.Module):
         inv_std = torch.rsqrt(self.stored_var + BN_EPS)
         scale = (1 + self.gain(condition).float()) * inv_std
         shift = self.bias(condition).float() - scale * self.stored_mean
-        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
-                             scale.to(x.dtype)[:, :, None, None])
+        return torch.addcmul(
+            shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None]
+        )
 
 
 class GBlock(nn.Module):
@@ -82,8 +85,9 @@ class OutputBatchNorm(nn.Module):
         self.register_buffer("stored_var", torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias, False, 0.0,
-                            OUTPUT_BN_EPS)
+        return F.batch_norm(
+            x, self.stored_mean, self.stored_var, self.gain, self.bias, False, 0.0, OUTPUT_BN_EPS
+        )
 
 
 class BigBiGAN(Generator):
@@ -92,8 +96,14 @@ class BigBiGAN(Generator):
 
     default_truncation = 2.0  # anchors z ~ N_t(0, 1, 2) (paper, Sec. 4.1)
 
-    def __init__(self, channels: list[int], chunk: int, embedding_dim: int,
-                 attention_block: int | None, num_embeddings: int = 1000) -> None:
+    def __init__(
+        self,
+        channels: list[int],
+        chunk: int,
+        embedding_dim: int,
+        attention_block: int | None,
+        num_embeddings: int = 1000,
+    ) -> None:
         super().__init__()
         blocks = len(channels) - 1
         self.chunk = chunk
@@ -107,8 +117,9 @@ class BigBiGAN(Generator):
             if index == attention_block:
                 stage.append(SelfAttention(channels[index + 1]))
             self.blocks.append(nn.ModuleList(stage))
-        self.output_layer = nn.Sequential(OutputBatchNorm(channels[-1]), nn.ReLU(),
-                                          nn.Conv2d(channels[-1], 3, 3, padding=1))
+        self.output_layer = nn.Sequential(
+            OutputBatchNorm(channels[-1]), nn.ReLU(), nn.Conv2d(channels[-1], 3, 3, padding=1)
+        )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.linear.weight
@@ -135,8 +146,11 @@ def fold_spectral_norm(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def _spectral_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Layers that are spectrally normalised in BigGAN-PyTorch's generator (all but two)."""
-    return [key[: -len("weight")] for key in state
-            if key.endswith(".weight") and not key.startswith(("shared.", "output_layer.0."))]
+    return [
+        key[: -len("weight")]
+        for key in state
+        if key.endswith(".weight") and not key.startswith(("shared.", "output_layer.0."))
+    ]
 
 
 def convert_state_dict(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -145,8 +159,9 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source: str) -> dict[s
     for prefix in _spectral_prefixes(state):
         if prefix + "u0" not in state:
             raise WeightsError(f"{source}: {prefix}u0 is missing (spectral norm of {prefix[:-1]})")
-        state[prefix + "weight"] = fold_spectral_norm(state[prefix + "weight"],
-                                                      state.pop(prefix + "u0"))
+        state[prefix + "weight"] = fold_spectral_norm(
+            state[prefix + "weight"], state.pop(prefix + "u0")
+        )
         state.pop(prefix + "sv0", None)  # logged singular value; the conversion may omit it
     return state
 
@@ -154,29 +169,42 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source: str) -> dict[s
 def infer_architecture(state: Mapping[str, torch.Tensor], source: str) -> dict[str, Any]:
     """Constructor arguments of `BigBiGAN` that fit the checkpoint's shapes."""
     try:
-        blocks = sorted({int(m.group(1)) for k in state
-                         if (m := re.match(r"blocks\.(\d+)\.0\.conv1\.weight$", k))})
+        blocks = sorted(
+            {
+                int(m.group(1))
+                for k in state
+                if (m := re.match(r"blocks\.(\d+)\.0\.conv1\.weight$", k))
+            }
+        )
         channels = [state["blocks.0.0.conv1.weight"].shape[1]]
         channels += [state[f"blocks.{i}.0.conv1.weight"].shape[0] for i in blocks]
         embedding = state["shared.weight"]
         condition_dim = state["blocks.0.0.bn1.gain.weight"].shape[1]
     except KeyError as err:
-        raise WeightsError(f"{source} is not a BigGAN-PyTorch generator state dict "
-                           f"({err.args[0]} is missing)") from None
+        raise WeightsError(
+            f"{source} is not a BigGAN-PyTorch generator state dict ({err.args[0]} is missing)"
+        ) from None
     if blocks != list(range(len(blocks))):
         raise WeightsError(f"{source}: generator blocks {blocks} are not numbered 0..n-1")
     attention = [i for i in blocks if f"blocks.{i}.1.gamma" in state]
     if not torch.equal(embedding, embedding[:1].expand_as(embedding)):
-        raise WeightsError(f"{source} is class-conditional (its shared embeddings differ); "
-                           "bigbigan expects the unconditional BigBiGAN conversion")
-    return {"channels": channels, "chunk": condition_dim - embedding.shape[1],
-            "embedding_dim": embedding.shape[1], "attention_block": attention[0] if attention
-            else None, "num_embeddings": embedding.shape[0]}
+        raise WeightsError(
+            f"{source} is class-conditional (its shared embeddings differ); "
+            "bigbigan expects the unconditional BigBiGAN conversion"
+        )
+    return {
+        "channels": channels,
+        "chunk": condition_dim - embedding.shape[1],
+        "embedding_dim": embedding.shape[1],
+        "attention_block": attention[0] if attention else None,
+        "num_embeddings": embedding.shape[0],
+    }
 
 
 @GENERATORS.register("bigbigan")
-def build_bigbigan(weights: str | None = None, classes: Any = None,
-                   device: str | torch.device = "cpu") -> BigBiGAN:
+def build_bigbigan(
+    weights: str | None = None, classes: Any = None, device: str | torch.device = "cpu"
+) -> BigBiGAN:
     """BigBiGAN's generator from `weights` or the published conversion (cache, then download)."""
     resolved = resolve_weights(WEIGHTS, weights, model="bigbigan")
     source = str(resolved.path)

@@ -91,20 +91,29 @@ class ConditionalBatchNorm(nn.Module):
         # per-channel vectors follow x's dtype so autocast's fp16/bf16 maps stay so.
         if condition is None:
             scale, shift = self.weight * self.inv_std, self.bias + self.weight * self.shift
-            return torch.addcmul(shift.to(x.dtype)[:, None, None], x,
-                                 scale.to(x.dtype)[:, None, None])
+            return torch.addcmul(
+                shift.to(x.dtype)[:, None, None], x, scale.to(x.dtype)[:, None, None]
+            )
         gain = 1 + self.scale(condition).float()
         scale = gain * self.inv_std
         shift = torch.addcmul(self.offset(condition).float(), gain, self.shift)
-        return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
-                             scale.to(x.dtype)[:, :, None, None])
+        return torch.addcmul(
+            shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None]
+        )
 
 
 class GenBlock(nn.Module):
     """BigGAN-deep's bottleneck residual block (1x1 down, two 3x3, 1x1 up; optional 2x upsample)."""
 
-    def __init__(self, in_channels: int, out_channels: int, condition_dim: int, upsample: bool,
-                 n_stats: int, eps: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        condition_dim: int,
+        upsample: bool,
+        n_stats: int,
+        eps: float,
+    ) -> None:
         super().__init__()
         middle = in_channels // 4
         self.upsample = upsample
@@ -146,8 +155,11 @@ class Trunk(nn.Module):
         for index, (upsample, in_mult, out_mult) in enumerate(config["layers"]):
             if index == config["attention_layer_position"]:
                 layers.append(SelfAttention(width * in_mult))
-            layers.append(GenBlock(width * in_mult, width * out_mult, condition_dim, bool(upsample),
-                                   n_stats, eps))
+            layers.append(
+                GenBlock(
+                    width * in_mult, width * out_mult, condition_dim, bool(upsample), n_stats, eps
+                )
+            )
         self.layers = nn.ModuleList(layers)
         self.bn = ConditionalBatchNorm(width, None, n_stats, eps)
         self.conv_to_rgb = nn.Conv2d(width, 3, 3, padding=1)
@@ -199,13 +211,18 @@ def _fold_spectral_norm(state: dict[str, torch.Tensor], prefix: str, source: str
     try:
         weight, u, v = (state.pop(prefix + n) for n in ("weight_orig", "weight_u", "weight_v"))
     except KeyError as err:
-        raise WeightsError(f"{source}: spectral norm of {prefix[:-1]} lacks {err.args[0]}") \
-            from None
+        raise WeightsError(
+            f"{source}: spectral norm of {prefix[:-1]} lacks {err.args[0]}"
+        ) from None
     return weight / torch.dot(u, weight.flatten(1) @ v)
 
 
-_ATTENTION_NAMES = {"snconv1x1_theta": "theta", "snconv1x1_phi": "phi", "snconv1x1_g": "g",
-                    "snconv1x1_o_conv": "o"}
+_ATTENTION_NAMES = {
+    "snconv1x1_theta": "theta",
+    "snconv1x1_phi": "phi",
+    "snconv1x1_g": "g",
+    "snconv1x1_o_conv": "o",
+}
 
 
 def convert_state_dict(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -229,8 +246,9 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], source: str) -> dict[s
     return renamed
 
 
-def load_biggan_deep(path: str | Path, config: Mapping[str, Any], bn_truncation: float = 1.0,
-                     sha256: str = "") -> BigGANDeep:
+def load_biggan_deep(
+    path: str | Path, config: Mapping[str, Any], bn_truncation: float = 1.0, sha256: str = ""
+) -> BigGANDeep:
     """BigGAN-deep of `config` from a pytorch_pretrained_biggan state dict file."""
     source = str(path)
     with torch.device("meta"):  # the weights replace every tensor; see load_strict
@@ -241,8 +259,9 @@ def load_biggan_deep(path: str | Path, config: Mapping[str, Any], bn_truncation:
     return model
 
 
-def _build(name: str, weights: str | None, device: str | torch.device,
-           bn_truncation: str | float) -> BigGANDeep:
+def _build(
+    name: str, weights: str | None, device: str | torch.device, bn_truncation: str | float
+) -> BigGANDeep:
     config = read_json(f"{name}-config.json")
     truncation = as_float("bn_truncation", bn_truncation)
     bn_statistics_index(truncation, config["n_stats"])  # fail before any download
@@ -251,8 +270,12 @@ def _build(name: str, weights: str | None, device: str | torch.device,
 
 
 def _register(name: str, aliases: tuple[str, ...] = ()) -> None:
-    def build(weights: str | None = None, classes: Any = None, device: str | torch.device = "cpu",
-              bn_truncation: str | float = 1.0) -> BigGANDeep:
+    def build(
+        weights: str | None = None,
+        classes: Any = None,
+        device: str | torch.device = "cpu",
+        bn_truncation: str | float = 1.0,
+    ) -> BigGANDeep:
         """BigGAN-deep; `bn_truncation` in (0, 1] selects batch-norm statistics (module doc)."""
         return _build(name, weights, device, bn_truncation)
 

@@ -38,8 +38,15 @@ class EmbeddedGenerator(Generator):
 
     default_truncation = 2.0
 
-    def __init__(self, z_dim: int = 128, num_classes: int = 0, resolution: int = 128,
-                 features: int = 32, hidden: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        z_dim: int = 128,
+        num_classes: int = 0,
+        resolution: int = 128,
+        features: int = 32,
+        hidden: int = 32,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if z_dim < 16:
             raise ValueError(f"embedded generator needs z_dim >= 16, got {z_dim}")
@@ -54,22 +61,31 @@ class EmbeddedGenerator(Generator):
         self._buffer("color_dirs", basis[:, 4:7].T)
         style_basis = basis[:, 7:]
         # Style maps: z -> per-channel gains and phase offsets of the input features.
-        self._buffer("style_gain", style_basis @ rng.standard_normal((z_dim - 7, features))
-                     / math.sqrt(z_dim - 7))
-        self._buffer("style_phase", style_basis @ rng.standard_normal((z_dim - 7, features))
-                     / math.sqrt(z_dim - 7))
-        self._buffer("style_hidden", style_basis @ rng.standard_normal((z_dim - 7, hidden))
-                     / math.sqrt(z_dim - 7))
+        self._buffer(
+            "style_gain",
+            style_basis @ rng.standard_normal((z_dim - 7, features)) / math.sqrt(z_dim - 7),
+        )
+        self._buffer(
+            "style_phase",
+            style_basis @ rng.standard_normal((z_dim - 7, features)) / math.sqrt(z_dim - 7),
+        )
+        self._buffer(
+            "style_hidden",
+            style_basis @ rng.standard_normal((z_dim - 7, hidden)) / math.sqrt(z_dim - 7),
+        )
         # Per-class filter bank: frequencies log-uniform in [0.5, 10] cycles per image half-width with
         # random orientation, amplitudes ~ 1/f (natural-image spectrum), random phases.
         magnitude = np.exp(rng.uniform(np.log(0.5), np.log(10.0), (tables, features)))
         angle = rng.uniform(0, np.pi, (tables, features))
-        self._buffer("frequency", np.stack([magnitude * np.cos(angle),
-                                            magnitude * np.sin(angle)], -1))
+        self._buffer(
+            "frequency", np.stack([magnitude * np.cos(angle), magnitude * np.sin(angle)], -1)
+        )
         self._buffer("amplitude", 1.5 / np.sqrt(magnitude))
         self._buffer("phase", rng.uniform(0, 2 * np.pi, (tables, features)))
         # Per-class per-pixel network: features -> hidden -> hidden -> RGB.
-        self._buffer("w1", rng.standard_normal((tables, features, hidden)) * math.sqrt(2 / features))
+        self._buffer(
+            "w1", rng.standard_normal((tables, features, hidden)) * math.sqrt(2 / features)
+        )
         self._buffer("b1", rng.standard_normal((tables, 1, hidden)) * 0.3)
         self._buffer("w2", rng.standard_normal((tables, hidden, hidden)) * math.sqrt(2 / hidden))
         self._buffer("b2", rng.standard_normal((tables, 1, hidden)) * 0.3)
@@ -80,8 +96,9 @@ class EmbeddedGenerator(Generator):
         self._buffer("b3", rng.standard_normal((tables, 1, 3)) * 0.2)
         for name in ("w1", "b1", "b2", "w2", "b3", "w3"):
             self.register_buffer(f"{name}_32", getattr(self, name).float(), persistent=False)
-        line = torch.linspace(-1 + 1 / resolution, 1 - 1 / resolution, resolution,
-                              dtype=torch.float64)
+        line = torch.linspace(
+            -1 + 1 / resolution, 1 - 1 / resolution, resolution, dtype=torch.float64
+        )
         self.register_buffer("line", line, persistent=False)
         digest = hashlib.sha256()
         for name, value in sorted(self.state_dict().items()):
@@ -108,7 +125,9 @@ class EmbeddedGenerator(Generator):
         batch, size = z.shape[0], self.resolution
         if self.conditional:
             if y is None:
-                raise ValueError("this embedded generator is class-conditional: pass class labels y")
+                raise ValueError(
+                    "this embedded generator is class-conditional: pass class labels y"
+                )
             table = y.to(device=z.device, dtype=torch.long)
         else:
             table = torch.zeros(batch, dtype=torch.long, device=z.device)
@@ -121,15 +140,20 @@ class EmbeddedGenerator(Generator):
         f = self.frequency[table]  # B, F, 2
         fx = (cos[:, None] * f[..., 0] - sin[:, None] * f[..., 1]) * inv_scale[:, None]
         fy = (sin[:, None] * f[..., 0] + cos[:, None] * f[..., 1]) * inv_scale[:, None]
-        phase = (self.phase[table] + z @ self.style_phase
-                 - 2 * math.pi * (fx * geo["shift_x"][:, None] + fy * geo["shift_y"][:, None]))
+        phase = (
+            self.phase[table]
+            + z @ self.style_phase
+            - 2 * math.pi * (fx * geo["shift_x"][:, None] + fy * geo["shift_y"][:, None])
+        )
         ax = 2 * math.pi * fx[..., None] * self.line  # B, F, W
         ay = 2 * math.pi * fy[..., None] * self.line + phase[..., None]  # B, F, H
         amp = self.amplitude[table] * (1 + 0.5 * torch.tanh(z @ self.style_gain))
         # sin(ax + ay) = cos(ay) sin(ax) + sin(ay) cos(ax): the first layer is a product of an
         # (H x 2F) and a (2F x W*hidden) matrix per image, no per-pixel sine and no feature map.
         rows = torch.cat([torch.cos(ay), torch.sin(ay)], 1).transpose(1, 2)  # B, H, 2F
-        cols = torch.cat([torch.sin(ax), torch.cos(ax)], 1) * amp.repeat(1, 2)[..., None]  # B, 2F, W
+        cols = (
+            torch.cat([torch.sin(ax), torch.cos(ax)], 1) * amp.repeat(1, 2)[..., None]
+        )  # B, 2F, W
         gain = 1 + 0.5 * torch.tanh(z @ self.style_hidden)  # B, hidden
         color = (z @ self.color_dirs.T) * COLOR_PER_UNIT  # B, 3
         f32 = {"dtype": torch.float32}
@@ -149,8 +173,14 @@ class EmbeddedGenerator(Generator):
 
 
 @GENERATORS.register("embedded")
-def build_embedded(weights: str | None = None, classes: object = None, device: str = "cpu",
-                   z_dim: int = 128, resolution: int = 128, seed: int = 0) -> EmbeddedGenerator:
+def build_embedded(
+    weights: str | None = None,
+    classes: object = None,
+    device: str = "cpu",
+    z_dim: int = 128,
+    resolution: int = 128,
+    seed: int = 0,
+) -> EmbeddedGenerator:
     """Build the embedded generator; an integer `classes` K makes it class-conditional with K classes."""
     if weights is not None:
         raise ValueError("the embedded generator has no weights file; drop --weights")
@@ -164,5 +194,6 @@ def build_embedded(weights: str | None = None, classes: object = None, device: s
             ) from None
         if num_classes < 1:
             raise ValueError(f"--classes must be >= 1, got {num_classes}")
-    return EmbeddedGenerator(z_dim=z_dim, num_classes=num_classes, resolution=resolution,
-                             seed=seed).to(device)
+    return EmbeddedGenerator(
+        z_dim=z_dim, num_classes=num_classes, resolution=resolution, seed=seed
+    ).to(device)

@@ -61,8 +61,9 @@ def blur_kernel(gain: float = 1.0) -> torch.Tensor:
     return kernel / kernel.sum() * gain
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """Upsample by zero insertion, pad, and convolve every channel with `kernel` (a true FIR)."""
     batch, channels, height, width = x.shape
     if up > 1:
@@ -76,8 +77,9 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1,
 class EqualLinear(nn.Module):
     """Linear layer with the equalized learning rate scaling (stored weight = W / lr_mul)."""
 
-    def __init__(self, in_dim: int, out_dim: int, lr_mul: float = 1.0,
-                 activate: bool = False) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, lr_mul: float = 1.0, activate: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
         self.bias = nn.Parameter(torch.empty(out_dim))
@@ -117,8 +119,15 @@ class Upsample(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
-                 demodulate: bool = True, upsample: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+    ) -> None:
         super().__init__()
         # rosinality stores [1, out, in, k, k]; 4-d here so .to(channels_last) applies
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
@@ -140,8 +149,9 @@ class ModulatedConv2d(nn.Module):
             x = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
         if self.demodulate:  # 1 / |W * s| per sample and output channel, in float32 always
             with torch.autocast(x.device.type, enabled=False):
-                demod = torch.rsqrt(style.float().square() @ weight.float().square().sum([2, 3]).t()
-                                    + 1e-8)
+                demod = torch.rsqrt(
+                    style.float().square() @ weight.float().square().sum([2, 3]).t() + 1e-8
+                )
             x = x * demod.to(x.dtype)[:, :, None, None]
         return x
 
@@ -169,8 +179,14 @@ class BiasLeakyReLU(nn.Module):
 
 
 class StyledConv(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool,
-                 clamp: float | None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        style_dim: int,
+        upsample: bool,
+        clamp: float | None,
+    ) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
         self.noise = NoiseInjection()
@@ -181,8 +197,9 @@ class StyledConv(nn.Module):
 
 
 class ToRGB(nn.Module):
-    def __init__(self, in_channels: int, style_dim: int, upsample: bool,
-                 clamp: float | None) -> None:
+    def __init__(
+        self, in_channels: int, style_dim: int, upsample: bool, clamp: float | None
+    ) -> None:
         super().__init__()
         if upsample:
             self.upsample = Upsample()
@@ -190,8 +207,9 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.clamp = clamp
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor,
-                skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out = self.conv(x, w).float() + self.bias
         if self.clamp is not None:
             out = out.clamp(-self.clamp, self.clamp)
@@ -210,12 +228,23 @@ class ConstantInput(nn.Module):
 class StyleGAN2Network(nn.Module):
     """Mapping (`style`) and synthesis networks; `channels[i]` is the width at 4 * 2**i px."""
 
-    def __init__(self, channels: list[int], z_dim: int, style_dim: int, n_mlp: int,
-                 lr_mlp: float = 0.01, conv_clamp: float | None = None) -> None:
+    def __init__(
+        self,
+        channels: list[int],
+        z_dim: int,
+        style_dim: int,
+        n_mlp: int,
+        lr_mlp: float = 0.01,
+        conv_clamp: float | None = None,
+    ) -> None:
         super().__init__()
-        self.style = nn.Sequential(PixelNorm(), *[
-            EqualLinear(z_dim if i == 0 else style_dim, style_dim, lr_mul=lr_mlp, activate=True)
-            for i in range(n_mlp)])
+        self.style = nn.Sequential(
+            PixelNorm(),
+            *[
+                EqualLinear(z_dim if i == 0 else style_dim, style_dim, lr_mul=lr_mlp, activate=True)
+                for i in range(n_mlp)
+            ],
+        )
         self.input = ConstantInput(channels[0])
         self.conv1 = StyledConv(channels[0], channels[0], style_dim, False, conv_clamp)
         self.to_rgb1 = ToRGB(channels[0], style_dim, False, conv_clamp)
@@ -247,8 +276,13 @@ class StyleGAN2(Generator):
 
     default_truncation = None  # z is untruncated; truncation acts in w (truncation_psi)
 
-    def __init__(self, network: Mapping[str, Any], truncation_psi: float = 1.0,
-                 rows: tuple[int, int] | None = None, sigma: float | None = None) -> None:
+    def __init__(
+        self,
+        network: Mapping[str, Any],
+        truncation_psi: float = 1.0,
+        rows: tuple[int, int] | None = None,
+        sigma: float | None = None,
+    ) -> None:
         super().__init__()
         self.net = StyleGAN2Network(**network)
         self.register_buffer("latent_avg", torch.empty(network["style_dim"]))
@@ -271,7 +305,7 @@ class StyleGAN2(Generator):
         if self.truncation_psi != 1:
             w = torch.lerp(self.latent_avg.to(w.dtype), w, self.truncation_psi)
         image = self.net.synthesize(w).clamp(-1, 1)
-        return image[:, :, self.rows[0]:self.rows[1]] if self.rows else image
+        return image[:, :, self.rows[0] : self.rows[1]] if self.rows else image
 
 
 # --- checkpoint layouts ---------------------------------------------------------------------
@@ -285,10 +319,15 @@ def _rosinality_architecture(state: Mapping[str, torch.Tensor], source: str) -> 
         channels += [state[f"convs.{2 * i}.conv.weight"].shape[0] for i in range(stages)]
         first = state["style.1.weight"]
     except KeyError as err:
-        raise WeightsError(f"{source} is not a StyleGAN2 generator ({err.args[0]} is missing)") \
-            from None
-    return {"channels": channels, "z_dim": first.shape[1], "style_dim": first.shape[0],
-            "n_mlp": n_mlp}
+        raise WeightsError(
+            f"{source} is not a StyleGAN2 generator ({err.args[0]} is missing)"
+        ) from None
+    return {
+        "channels": channels,
+        "z_dim": first.shape[1],
+        "style_dim": first.shape[0],
+        "n_mlp": n_mlp,
+    }
 
 
 def _module_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -309,16 +348,19 @@ def _child(obj: PersistentObject, name: str) -> PersistentObject | None:
     return child if isinstance(child, PersistentObject) else None
 
 
-def convert_nvidia(g_ema: PersistentObject, source: str) -> tuple[dict[str, torch.Tensor],
-                                                                   dict[str, Any]]:
+def convert_nvidia(
+    g_ema: PersistentObject, source: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """stylegan2-ada-pytorch `G_ema` -> (rosinality-layout state dict, architecture arguments)."""
     state = g_ema.state
     mapping, synthesis = _child(g_ema, "mapping"), _child(g_ema, "synthesis")
     if g_ema.class_name != "Generator" or mapping is None or synthesis is None:
         raise WeightsError(f"{source}: G_ema is a {g_ema.class_name}, not a StyleGAN2 Generator")
     if state.get("c_dim", 0):
-        raise WeightsError(f"{source} is class-conditional (c_dim={state['c_dim']}); "
-                           "only unconditional StyleGAN2 is supported")
+        raise WeightsError(
+            f"{source} is class-conditional (c_dim={state['c_dim']}); "
+            "only unconditional StyleGAN2 is supported"
+        )
     tensors = _module_tensors(g_ema)
     consumed: set[str] = set()
 
@@ -334,8 +376,9 @@ def convert_nvidia(g_ema: PersistentObject, source: str) -> tuple[dict[str, torc
             raise WeightsError(f"{source}: {name} is not the [1, 3, 3, 1] filter of StyleGAN2")
 
     out: dict[str, torch.Tensor] = {}
-    layers = sorted(int(m.group(1)) for k in tensors
-                    if (m := re.match(r"mapping\.fc(\d+)\.weight$", k)))
+    layers = sorted(
+        int(m.group(1)) for k in tensors if (m := re.match(r"mapping\.fc(\d+)\.weight$", k))
+    )
     gains = set()
     for i in layers:
         out[f"style.{i + 1}.weight"] = take(f"mapping.fc{i}.weight")
@@ -348,8 +391,9 @@ def convert_nvidia(g_ema: PersistentObject, source: str) -> tuple[dict[str, torc
         raise WeightsError(f"{source}: mapping layers use different learning-rate multipliers")
     latent_avg = take("mapping.w_avg")
 
-    resolutions = sorted(int(m.group(1)) for k in tensors
-                         if (m := re.match(r"synthesis\.b(\d+)\.conv1\.weight$", k)))
+    resolutions = sorted(
+        int(m.group(1)) for k in tensors if (m := re.match(r"synthesis\.b(\d+)\.conv1\.weight$", k))
+    )
     clamps = set()
 
     def layer(block: str, name: str, target: str, noise_index: int) -> None:
@@ -379,8 +423,10 @@ def convert_nvidia(g_ema: PersistentObject, source: str) -> tuple[dict[str, torc
         block = f"b{resolution}"
         node = _child(synthesis, block)
         if node is not None and node.state.get("architecture", "skip") != "skip":
-            raise WeightsError(f"{source}: synthesis block {block} is not of the 'skip' "
-                               "architecture of StyleGAN2 config F")
+            raise WeightsError(
+                f"{source}: synthesis block {block} is not of the 'skip' "
+                "architecture of StyleGAN2 config F"
+            )
         check_filter(f"synthesis.{block}.resample_filter")
         if index == 0:
             out["input.input"] = take(f"synthesis.{block}.const")[None]
@@ -415,45 +461,64 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         return convert_nvidia(data["G_ema"], source)
     data = load_state_dict_file(path)
     if not isinstance(data.get("g_ema"), Mapping):
-        raise WeightsError(f"{source} is not a rosinality StyleGAN2 checkpoint (no g_ema); "
-                           "NVIDIA snapshots must end in .pkl")
-    state = {key: value[0] if key.endswith("conv.weight") and value.dim() == 5
-             and value.shape[0] == 1 else value for key, value in data["g_ema"].items()}
+        raise WeightsError(
+            f"{source} is not a rosinality StyleGAN2 checkpoint (no g_ema); "
+            "NVIDIA snapshots must end in .pkl"
+        )
+    state = {
+        key: value[0]
+        if key.endswith("conv.weight") and value.dim() == 5 and value.shape[0] == 1
+        else value
+        for key, value in data["g_ema"].items()
+    }
     architecture = _rosinality_architecture(state, source)
     if "latent_avg" in data:
         state["latent_avg"] = torch.as_tensor(data["latent_avg"]).reshape(-1)
     return state, architecture
 
 
-def build_stylegan2_from(path: Path, sha256: str, truncation_psi: float,
-                         rows: tuple[int, int] | None = None,
-                         sigma: float | None = None) -> StyleGAN2:
+def build_stylegan2_from(
+    path: Path,
+    sha256: str,
+    truncation_psi: float,
+    rows: tuple[int, int] | None = None,
+    sigma: float | None = None,
+) -> StyleGAN2:
     source = str(path)
     state, architecture = read_checkpoint(path)
     latent_avg = state.pop("latent_avg", None)
     if latent_avg is None:
         if truncation_psi != 1:
-            raise WeightsError(f"{source} has no latent_avg, which truncation_psi="
-                               f"{truncation_psi} needs; pass --model-option truncation_psi=1")
+            raise WeightsError(
+                f"{source} has no latent_avg, which truncation_psi="
+                f"{truncation_psi} needs; pass --model-option truncation_psi=1"
+            )
         latent_avg = torch.zeros(architecture["style_dim"])
     if latent_avg.shape != (architecture["style_dim"],):
-        raise WeightsError(f"{source}: latent_avg has shape {tuple(latent_avg.shape)}, "
-                           f"expected ({architecture['style_dim']},)")
+        raise WeightsError(
+            f"{source}: latent_avg has shape {tuple(latent_avg.shape)}, "
+            f"expected ({architecture['style_dim']},)"
+        )
     with torch.device("meta"):  # the weights replace every tensor; see load_strict
         model = StyleGAN2(architecture, truncation_psi=truncation_psi, rows=rows, sigma=sigma)
     load_strict(model.net, state, source)
     model.latent_avg = latent_avg.to("cpu", torch.float32)
     if rows and not 0 <= rows[0] < rows[1] <= model.resolution:
-        raise WeightsError(f"{source} makes {model.resolution} px images, which rows "
-                           f"{rows[0]}:{rows[1]} do not fit")
+        raise WeightsError(
+            f"{source} makes {model.resolution} px images, which rows "
+            f"{rows[0]}:{rows[1]} do not fit"
+        )
     model.weights_sha256 = sha256
     return model
 
 
 @GENERATORS.register("stylegan2")
-def build_stylegan2(weights: str | None = None, classes: Any = None,
-                    device: str | torch.device = "cpu",
-                    truncation_psi: str | float = 1.0) -> StyleGAN2:
+def build_stylegan2(
+    weights: str | None = None,
+    classes: Any = None,
+    device: str | torch.device = "cpu",
+    truncation_psi: str | float = 1.0,
+) -> StyleGAN2:
     """Any unconditional StyleGAN2 config-F checkpoint given by --weights (.pt or .pkl)."""
     psi = as_float("truncation_psi", truncation_psi)
     resolved = resolve_weights(None, weights, model="stylegan2")
@@ -461,11 +526,15 @@ def build_stylegan2(weights: str | None = None, classes: Any = None,
 
 
 @GENERATORS.register("stylegan2-car")
-def build_stylegan2_car(weights: str | None = None, classes: Any = None,
-                        device: str | torch.device = "cpu",
-                        truncation_psi: str | float = 0.9) -> StyleGAN2:
+def build_stylegan2_car(
+    weights: str | None = None,
+    classes: Any = None,
+    device: str | torch.device = "cpu",
+    truncation_psi: str | float = 0.9,
+) -> StyleGAN2:
     """The paper's LSUN Car generator: psi 0.9, letterbox rows removed, gaussian views std 0.25."""
     psi = as_float("truncation_psi", truncation_psi)
     resolved = resolve_weights(CAR_WEIGHTS, weights, model="stylegan2-car")
-    return build_stylegan2_from(resolved.path, resolved.sha256, psi, rows=CAR_ROWS,
-                                sigma=0.25).to(device)
+    return build_stylegan2_from(resolved.path, resolved.sha256, psi, rows=CAR_ROWS, sigma=0.25).to(
+        device
+    )

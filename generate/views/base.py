@@ -10,7 +10,7 @@ import numpy as np
 from genrep.generate.models.base import Generator
 from genrep.registry import Registry
 
-VIEWS: Registry[type["View"]] = Registry("view", packages=["genrep.generate.views"])
+VIEWS: Registry[type[View]] = Registry("view", packages=["genrep.generate.views"])
 
 
 class ViewError(ValueError):
@@ -37,14 +37,16 @@ class View:
         """The view's resolved parameters, recorded in the manifest."""
         return {}
 
-    def neighbors(self, z: np.ndarray, label: int | None, rng: np.random.Generator,
-                  k: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def neighbors(
+        self, z: np.ndarray, label: int | None, rng: np.random.Generator, k: int
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """K neighbor latents (k x z_dim, float32) and one dict of parameters per neighbor."""
         raise NotImplementedError
 
 
-def build_view(name: str, generator: Generator, truncation: float | None = None,
-               **options: Any) -> View:
+def build_view(
+    name: str, generator: Generator, truncation: float | None = None, **options: Any
+) -> View:
     """Build the registered view `name`; options left as None are not passed."""
     cls = VIEWS.get(name)
     options = {key: value for key, value in options.items() if value is not None}

@@ -28,8 +28,9 @@ class GaussianView(View):
 
     name = "gaussian"
 
-    def __init__(self, generator: Generator, sigma: float | None = None,
-                 truncation: float | None = None) -> None:
+    def __init__(
+        self, generator: Generator, sigma: float | None = None, truncation: float | None = None
+    ) -> None:
         super().__init__(generator, truncation)
         self.sigma = generator.default_sigma if sigma is None else float(sigma)
         if self.sigma <= 0:

@@ -24,8 +24,9 @@ class SteerView(View):
 
     name = "steer"
 
-    def __init__(self, generator: Generator, truncation: float | None = None,
-                 walks: str | None = None) -> None:
+    def __init__(
+        self, generator: Generator, truncation: float | None = None, walks: str | None = None
+    ) -> None:
         super().__init__(generator, truncation)
         path = Path(walks) if walks is not None else cached_walks(generator)
         self.record = load_walks(path, generator)
@@ -50,6 +51,7 @@ class SteerView(View):
     def neighbors(self, z, label, rng, k):
         alphas = draw_alphas(rng, k, self.ranges)
         neighbor_z = z[None].astype(np.float64) + latent_steps(alphas, self.ranges) @ self._walks
-        params = [{"alpha": {name: float(alphas[name][j]) for name in self.names}}
-                  for j in range(k)]
+        params = [
+            {"alpha": {name: float(alphas[name][j]) for name in self.names}} for j in range(k)
+        ]
         return neighbor_z.astype(np.float32), params
