@@ -33,7 +33,7 @@ import torch
 from genrep.generate.cli import main as generate_main
 from genrep.generate.models import Generator, build_generator
 from genrep.generate.models._layers import read_json
-from genrep.generate.pipeline import PRECISIONS
+from genrep.options import PRECISIONS
 
 
 def random_biggan_weights(folder: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from genrep.config import config_option, to_plain
+from genrep.config import to_plain
 from genrep.evaluate.datasets import DATASETS, build_dataset, dataset_summary
 from genrep.evaluate.encoder import load_encoder, resolve_device
 from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing, default_cache_dir
@@ -30,6 +30,7 @@ from genrep.evaluate.report import (
     read_report,
     write_report,
 )
+from genrep.options import config_option
 from genrep.registry import RegistryError
 
 

@@ -22,7 +22,7 @@ from torchvision import transforms
 from genrep.evaluate.datasets import ProbeDataset
 from genrep.evaluate.encoder import Encoder, extract_features
 from genrep.io import atomic_open, atomic_write_bytes
-from genrep.weights import genrep_home
+from genrep.paths import features_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def default_cache_dir() -> Path:
     """`$GENREP_HOME/features`; GENREP_HOME defaults to the user's cache folder (~/.cache/genrep)."""
-    return genrep_home() / "features"
+    return features_dir()
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,35 @@
-"""`genrep-generate`: sample anchor/neighbor views from a generator into webdataset shards."""
+"""Stage 1 commands: `genrep-generate` (views of a generator into webdataset shards) and
+`genrep-steer` (the steering walks that `--view steer` uses)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from genrep.config import config_option, parse_key_values
-from genrep.generate.pipeline import PRECISIONS, RESIZE_MODES, GenerateError, generate, make_plan
-from genrep.registry import RegistryError
+from genrep.errors import Command, OutputError
+from genrep.generate.edits import EDIT_NAMES, EDITS
+from genrep.generate.models import GENERATORS, build_generator
+from genrep.generate.pipeline import RESIZE_MODES, generate, make_plan
+from genrep.generate.steer import LR_SCHEDULES, OPTIMIZERS, SteerConfig, learn_walks
+from genrep.generate.views import VIEWS
+from genrep.generate.walks import cached_walks_path
+from genrep.options import (
+    RegistryChoice,
+    common_options,
+    config_option,
+    parse_key_values,
+    resolve_device,
+)
 from genrep.shards import IMAGE_FORMATS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None):
@@ -33,8 +51,9 @@ def generator_options(command: Callable) -> Callable:
         [
             click.option(
                 "--model",
+                type=RegistryChoice(GENERATORS),
                 default="embedded",
-                help="Generator registry name (see genrep-generate --list).",
+                help="Generator registry name.",
             ),
             click.option(
                 "--weights",
@@ -54,13 +73,15 @@ def generator_options(command: Callable) -> Callable:
     return command
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @config_option
 @generator_options
+@click.option("--view", type=RegistryChoice(VIEWS), default="gaussian", help="Latent view Tz.")
 @click.option(
-    "--view", default="gaussian", help="Latent view Tz: none, gaussian, independent, steer."
+    "--walks",
+    default=None,
+    help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
 )
-@click.option("--walks", default=None, help="Walk file of genrep-steer (view steer).")
 @click.option("--n", type=int, default=None, help="Number of anchors.")
 @click.option("--neighbors", type=int, default=1, help="Neighbor views stored per anchor.")
 @click.option(
@@ -101,23 +122,9 @@ def generator_options(command: Callable) -> Callable:
     help="Write only these shards (split work across machines).",
 )
 @click.option("--batch-size", type=int, default=64, help="Images per generator forward pass.")
-@click.option("--device", default="cpu", help="torch device, e.g. cuda or cuda:1.")
-@click.option(
-    "--precision",
-    type=click.Choice(list(PRECISIONS)),
-    default="fp32",
-    help="Autocast dtype of the generator.",
-)
+@common_options(device=True, precision=True, workers=True, progress=True)
 @click.option("--seed", type=int, default=0)
-@click.option(
-    "--workers",
-    type=int,
-    default=min(4, max(0, (os.cpu_count() or 1) - 2)),
-    help="Image encoder processes (0: encode in the main process); the default leaves "
-    "two cores to the generator process.",
-)
 @click.option("--out", default=None, help="Output folder [default: shards/<model>-<view>].")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @click.option("--list", "list_names", is_flag=True, help="List models and views, then exit.")
 def main(
     list_names: bool,
@@ -130,31 +137,164 @@ def main(
 
     Rerunning the same command resumes an interrupted run and gives byte-identical shards.
     """
-    from genrep.generate.models import GENERATORS
-    from genrep.generate.views import VIEWS
-
     if list_names:
         click.echo("models: " + ", ".join(GENERATORS.names()))
         click.echo("views: " + ", ".join(VIEWS.names()))
         return
     options["format"] = format_
-    if options.get("device", "").startswith("cuda") and "LOCAL_RANK" in os.environ:
-        options["device"] = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun rank
-    run_options = {key: options[key] for key in ("batch_size", "workers")}
-    try:
-        plan = make_plan(options)  # builders and views raise ValueError for bad options
-    except (RegistryError, ValueError) as err:
-        raise click.UsageError(str(err)) from None
-    try:
-        generate(
-            plan,
-            shard_range=shard_range,
-            progress=progress,
-            log=lambda message: click.echo(message, err=True),
-            **run_options,
-        )
-    except GenerateError as err:
-        raise click.UsageError(str(err)) from None
+    plan = make_plan(options, log=_log, progress=progress)
+    generate(
+        plan,
+        batch_size=options["batch_size"],
+        workers=options["workers"],
+        shard_range=shard_range,
+        progress=progress,
+        log=_log,
+    )
+
+
+def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
+    """`--transforms a,b,c` (or a YAML list) as a tuple of edit names."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(EDITS.canonical(name) for name in names)  # a RegistryError is one line
+
+
+@click.command(cls=Command, context_settings=CONTEXT)
+@config_option
+@generator_options
+@click.option(
+    "--classes",
+    default=None,
+    help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
+    "models; for the embedded model, K makes it class-conditional with K classes).",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Walk file to write [default: the cache $GENREP_HOME/walks/MODEL-HASH.pt that "
+    "genrep-generate --view steer uses when given no --walks].",
+)
+@click.option(
+    "--transforms",
+    default=",".join(EDIT_NAMES),
+    callback=_transform_list,
+    type=click.UNPROCESSED,  # a YAML list reaches the callback as a list
+    help=f"Comma list of the edits to learn walks for ({', '.join(EDIT_NAMES)}).",
+)
+@click.option(
+    "--shift-range",
+    type=float,
+    default=SteerConfig.shift_range,
+    help="Largest shift, as a fraction of the image side.",
+)
+@click.option(
+    "--zoom-range",
+    type=float,
+    default=SteerConfig.zoom_range,
+    help="Largest zoom factor R: alpha in [1/R, R], log(alpha) in latent space.",
+)
+@click.option(
+    "--rotate-2d-range",
+    type=float,
+    default=SteerConfig.rotate_2d_range,
+    help="Largest 2D rotation in degrees.",
+)
+@click.option(
+    "--rotate-3d-range",
+    type=float,
+    default=SteerConfig.rotate_3d_range,
+    help="Largest 3D rotation (about the vertical axis) in degrees.",
+)
+@click.option(
+    "--color-range",
+    type=float,
+    default=SteerConfig.color_range,
+    help="Largest offset added to a channel of the [-1, 1] image.",
+)
+@click.option(
+    "--num-samples",
+    type=int,
+    default=SteerConfig.num_samples,
+    help="Training latents in all (steps = num-samples / batch-size).",
+)
+@click.option("--batch-size", type=int, default=SteerConfig.batch_size)
+@click.option("--lr", type=float, default=SteerConfig.lr, help="Learning rate.")
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(list(LR_SCHEDULES)),
+    default=SteerConfig.lr_schedule,
+    help="constant (as GenRep), or cosine annealing to 0 over the run.",
+)
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=SteerConfig.optimizer)
+@click.option(
+    "--init-std", type=float, default=SteerConfig.init_std, help="Std of the random initial walks."
+)
+@click.option(
+    "--truncation",
+    type=float,
+    default=None,
+    help="Training latents z ~ N_t(0, 1, t) [default: the model's].",
+)
+@click.option(
+    "--eval-size",
+    type=int,
+    default=SteerConfig.eval_size,
+    help="Latents of the fixed batch the initial and final losses are measured on.",
+)
+@click.option("--seed", type=int, default=0)
+@common_options(device=True, progress=True)
+@click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    help="Continue from the checkpoint OUT.ckpt of an interrupted run.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing walk file.")
+def steer_main(
+    model: str,
+    weights: str | None,
+    model_option: dict[str, str],
+    device: str,
+    out: str | None,
+    checkpoint_every: int,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    **settings: Any,
+) -> None:
+    """Learn the steering walks (shift, zoom, 2D/3D rotation, color) of a generator (App. B).
+
+    The walk file feeds `genrep-generate --view steer --walks FILE`.
+    """
+
+    torch_device = resolve_device(device)
+    config = SteerConfig(
+        **settings,
+        extra={
+            "model": model,
+            "weights": weights,
+            "model_option": model_option,
+            "device": device,
+            "checkpoint_every": checkpoint_every,
+        },
+    )
+    generator = build_generator(
+        model, weights=weights, classes=settings["classes"], device=torch_device, **model_option
+    )
+    path = Path(out) if out else cached_walks_path(generator)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} exists; pass --overwrite to replace it, or another --out")
+    learn_walks(
+        generator,
+        config,
+        path,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        log=_log,
+    )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from genrep.config import save_config, to_plain
+from genrep.config import to_plain
+from genrep.errors import OutputError, UsageError
 from genrep.generate.models.base import Generator, build_generator
-from genrep.generate.views.base import View, build_view
-from genrep.io import atomic_open, atomic_write_bytes, remove_stale_tmp, sha256_file
+from genrep.generate.steer import cached_walks
+from genrep.generate.views.base import VIEWS, View, build_view
+from genrep.io import atomic_open, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
-from genrep.manifest import CARD, CONFIG, locked, read_manifest, write_manifest
+from genrep.manifest import check_identity, new_manifest, read_manifest, update_manifest
+from genrep.options import autocast_dtype, resolve_device, resolve_precision
 from genrep.shards import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
     IMAGE_FORMATS,
     encode_images,
     encode_sample,
@@ -42,11 +43,6 @@ from genrep.shards import (
 )
 
 RESIZE_MODES = ("center-crop", "resize")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class GenerateError(ValueError):
-    """Bad input for stage 1; the message says what to do."""
 
 
 @dataclass
@@ -103,98 +99,76 @@ class Plan:
         }
 
 
-def resolve_classes(generator: Generator, spec: Any) -> list[int] | None:
-    """The class ids to sample: all, a named subset, the first K (an int), or a comma list."""
-    if not generator.conditional:
-        if spec is not None:
-            raise GenerateError(
-                f"--classes does not apply: model {generator.name!r} is unconditional"
-            )
-        return None
-    if spec is None or spec == "all":
-        return list(range(generator.num_classes))
-    text = str(spec).strip()
-    if text in generator.class_subsets:
-        return list(generator.class_subsets[text])
-    try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        names = ", ".join(["all", *generator.class_subsets, "K", "a comma list of ids"])
-        raise GenerateError(f"--classes {spec!r} is not one of: {names}") from None
-    if len(ids) == 1 and "," not in text:  # an integer K: the first K classes
-        ids = list(range(ids[0]))
-    bad = [i for i in ids if not 0 <= i < generator.num_classes]
-    if not ids or bad:
-        raise GenerateError(
-            f"--classes {spec!r}: class ids must lie in 0..{generator.num_classes - 1}"
-        )
-    return ids
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--{name} must be a finite number > 0, got {value}")
 
 
-def make_plan(options: dict[str, Any]) -> Plan:
-    """Resolve a config (the CLI's flags) into a `Plan`; raises GenerateError on bad input."""
-    device = torch.device(options.get("device") or "cpu")
-    model_options = dict(options.get("model_option") or {})
-    if options.get("precision", "fp32") not in PRECISIONS:
-        raise GenerateError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    try:
-        generator = build_generator(
-            options["model"],
-            weights=options.get("weights"),
-            classes=options.get("classes"),
-            device=device,
-            **model_options,
-        )
-    except TypeError as err:
-        raise GenerateError(f"bad --model-option for {options['model']!r}: {err}") from None
-    classes = resolve_classes(generator, options.get("classes"))
+def make_plan(
+    options: dict[str, Any],
+    log: Callable[[str], None] = lambda message: None,
+    progress: bool = True,
+) -> Plan:
+    """Resolve a config (the CLI's flags) into a `Plan`; raises UsageError on bad input.
+
+    View `steer` without `--walks` learns the generator's walks once and caches them (logged)."""
+    device = resolve_device(options.get("device"))
+    precision = resolve_precision(options.get("precision") or "auto", device)
+    _positive("sigma", options.get("sigma"))
+    _positive("truncation", options.get("truncation"))
+    generator = build_generator(
+        options["model"],
+        weights=options.get("weights"),
+        classes=options.get("classes"),
+        device=device,
+        **dict(options.get("model_option") or {}),
+    )
+    classes = generator.resolve_classes(options.get("classes"))
     if classes is None and options.get("per_class"):
-        raise GenerateError("--per-class needs a class-conditional model (add --classes K)")
+        raise UsageError("--per-class needs a class-conditional model (add --classes K)")
 
     n, per_class = options.get("n"), options.get("per_class")
     if per_class is not None:
         if per_class <= 0:
-            raise GenerateError(f"--per-class must be > 0, got {per_class}")
+            raise UsageError(f"--per-class must be > 0, got {per_class}")
         if n is not None and n != per_class * len(classes):
-            raise GenerateError(
+            raise UsageError(
                 f"--n {n} disagrees with --per-class {per_class} x {len(classes)} classes; pass one"
             )
         n = per_class * len(classes)
     if n is None:
-        raise GenerateError("pass --n (number of anchors) or, for a conditional model, --per-class")
+        raise UsageError("pass --n (number of anchors) or, for a conditional model, --per-class")
     if n <= 0:
-        raise GenerateError(f"--n must be > 0, got {n}")
+        raise UsageError(f"--n must be > 0, got {n}")
 
     truncation = options.get("truncation")
     if truncation is None:
         truncation = generator.default_truncation
-    elif truncation <= 0:
-        raise GenerateError(f"--truncation must be > 0, got {truncation}")
+    view_name = VIEWS.canonical(options.get("view") or "gaussian")
+    walks = options.get("walks")
+    if view_name == "steer" and walks is None:
+        walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
-        options.get("view") or "gaussian",
-        generator,
-        truncation=truncation,
-        sigma=options.get("sigma"),
-        walks=options.get("walks"),
+        view_name, generator, truncation=truncation, sigma=options.get("sigma"), walks=walks
     )
     neighbors = options.get("neighbors", 1) if view.has_neighbors else 0
     if view.has_neighbors and neighbors < 1:
-        raise GenerateError(f"--neighbors must be >= 1 for view {view.name!r}, got {neighbors}")
+        raise UsageError(f"--neighbors must be >= 1 for view {view.name!r}, got {neighbors}")
 
     size, fmt = options.get("size", 128), options.get("format", "jpg")
     if size <= 0:
-        raise GenerateError(f"--size must be > 0, got {size}")
+        raise UsageError(f"--size must be > 0, got {size}")
     if fmt not in IMAGE_FORMATS:
-        raise GenerateError(f"--format must be one of {', '.join(IMAGE_FORMATS)}")
+        raise UsageError(f"--format must be one of {', '.join(IMAGE_FORMATS)}")
     resize = options.get("resize", "center-crop")
     if resize not in RESIZE_MODES:
-        raise GenerateError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
     quality = options.get("quality", 95)
     if not 1 <= quality <= 100:
-        raise GenerateError(f"--quality must be in 1..100, got {quality}")
+        raise UsageError(f"--quality must be in 1..100, got {quality}")
     shard_size = options.get("shard_size", 1000)
     if shard_size <= 0:
-        raise GenerateError(f"--shard-size must be > 0, got {shard_size}")
+        raise UsageError(f"--shard-size must be > 0, got {shard_size}")
     out = Path(options.get("out") or Path("shards") / f"{generator.name}-{view.name}")
     return Plan(
         generator=generator,
@@ -209,7 +183,7 @@ def make_plan(options: dict[str, Any]) -> Plan:
         image_format=fmt,
         quality=quality,
         shard_size=shard_size,
-        precision=options.get("precision", "fp32"),
+        precision=precision,
         out=out,
         config=dict(options),
     )
@@ -240,7 +214,7 @@ def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:
             )
             height, width = images.shape[-2:]
     elif min(height, width) < size:
-        raise GenerateError(
+        raise UsageError(
             f"the generator's {height}x{width} output is smaller than --size {size}; "
             "use --resize resize or a smaller --size"
         )
@@ -278,13 +252,13 @@ class ShardGenerator:
         on_shard: Callable[[int], None] | None = None,
     ) -> None:
         if batch_size <= 0:
-            raise GenerateError(f"--batch-size must be > 0, got {batch_size}")
+            raise UsageError(f"--batch-size must be > 0, got {batch_size}")
         if workers < 0:
-            raise GenerateError(f"--workers must be >= 0, got {workers}")
+            raise UsageError(f"--workers must be >= 0, got {workers}")
         self.plan, self.batch_size, self.workers = plan, batch_size, workers
         self.progress, self.on_shard = progress, on_shard
         self.device = plan.generator.device
-        self.autocast_dtype = PRECISIONS[plan.precision]
+        self.autocast_dtype = autocast_dtype(plan.precision)
 
     def run(self, shards: Sequence[int]) -> int:
         """Generate and write `shards`; returns the number of images generated."""
@@ -388,131 +362,39 @@ class ShardGenerator:
 
 
 def check_output(plan: Plan) -> dict[str, Any] | None:
-    """Refuse an output folder that holds another dataset; returns its manifest when resuming."""
+    """Refuse an output folder that holds another dataset; returns its manifest when resuming.
+
+    This is the early check, before any work; `update_manifest` checks again under the folder
+    lock, so two runs racing into one new folder cannot both write it."""
     out = plan.out
     if out.exists() and not out.is_dir():
-        raise GenerateError(f"--out {out} is a file; pass a folder")
+        raise OutputError(f"--out {out} is a file; pass a folder")
     manifest = read_manifest(out) if out.exists() else None
     if manifest is None:
         if out.exists() and any(out.glob("shard-*.tar")):
-            raise GenerateError(
+            raise OutputError(
                 f"{out} holds shards but no manifest; pass another --out or empty that folder"
             )
         return None
-    if manifest.get("identity") != plan.identity():
-        differing = sorted(
-            key
-            for key, value in plan.identity().items()
-            if manifest.get("identity", {}).get(key) != value
-        )
-        raise GenerateError(
-            f"{out} holds a dataset made with a different config (differs in: "
-            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config"
-        )
+    check_identity(out, manifest, plan.identity())
     return manifest
 
 
 def base_manifest(plan: Plan) -> dict[str, Any]:
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "generator": plan.generator.describe(),
-        "view": {"name": plan.view.name, "params": to_plain(plan.view.params())},
-        "seed": plan.seed,
-        "n": plan.n,
-        "neighbors": plan.neighbors,
-        "classes": plan.classes,
-        "truncation": plan.truncation,
-        "image": plan.image_info(),
-        "shard_size": plan.shard_size,
-        "num_shards": plan.num_shards,
-        "identity": plan.identity(),
-        "config": to_plain(plan.config),
-        "shards": [],
-        "complete": False,
-    }
-
-
-def update_manifest(plan: Plan) -> dict[str, Any]:
-    """Record every complete shard on disk in the manifest (under the folder lock)."""
-    with locked(plan.out):
-        manifest = read_manifest(plan.out) or base_manifest(plan)
-        known = {entry["name"]: entry for entry in manifest["shards"]}
-        entries = []
-        for k in range(plan.num_shards):
-            path = plan.out / shard_name(k)
-            if not path.exists():
-                continue
-            entry = known.get(path.name)
-            if entry is None or entry["bytes"] != path.stat().st_size:
-                entry = {
-                    "name": path.name,
-                    "samples": len(plan.shard_indices(k)),
-                    "first_index": k * plan.shard_size,
-                    "bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
-                }
-            entries.append(entry)
-        manifest["shards"] = entries
-        manifest["complete"] = len(entries) == plan.num_shards
-        write_manifest(plan.out, manifest)
-        if manifest["complete"]:
-            save_config(plan.out / CONFIG, plan.config)
-            write_card(plan, manifest)
-        return manifest
-
-
-def write_card(plan: Plan, manifest: dict[str, Any]) -> None:
-    """A dataset card with hub-style YAML front matter, so the folder can be pushed as it is."""
-    images = plan.n * (1 + plan.neighbors)
-    category = next(
-        label
-        for bound, label in [
-            (1e3, "n<1K"),
-            (1e4, "1K<n<10K"),
-            (1e5, "10K<n<100K"),
-            (1e6, "100K<n<1M"),
-            (1e7, "1M<n<10M"),
-            (math.inf, "n>10M"),
-        ]
-        if plan.n < bound
+    """The manifest of the plan's dataset before any shard exists."""
+    return new_manifest(
+        generator=plan.generator.describe(),
+        view={"name": plan.view.name, "params": plan.view.params()},
+        seed=plan.seed,
+        n=plan.n,
+        neighbors=plan.neighbors,
+        classes=plan.classes,
+        truncation=plan.truncation,
+        image=plan.image_info(),
+        shard_size=plan.shard_size,
+        identity=plan.identity(),
+        config=plan.config,
     )
-    g = manifest["generator"]
-    text = f"""---
-license: other
-task_categories:
-- image-feature-extraction
-tags:
-- genrep
-- synthetic
-- multiview
-size_categories:
-- {category}
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: "shard-*.tar"
----
-
-# {plan.out.name}
-
-A multiview dataset made by [genrep](https://pypi.org/project/genrep/) (format
-{FORMAT_NAME} v{FORMAT_VERSION}): {plan.n} anchor images from the generator `{g["name"]}` and
-{plan.neighbors} neighbor view(s) per anchor made with the latent view `{plan.view.name}`
-({images} images of {plan.size}x{plan.size} px, {plan.image_format}), in
-{plan.num_shards} webdataset shards.
-
-- generator weights sha256: `{g["weights_sha256"]}`
-- view parameters: `{manifest["view"]["params"]}`
-- seed: {plan.seed}; anchor truncation: {plan.truncation}
-- classes: {"unconditional" if plan.classes is None else f"{len(plan.classes)} classes"}
-
-`manifest.json` lists every shard with its sha256 (`genrep-shards verify` checks them) and the exact
-configuration (`config.yaml`) that regenerates the dataset byte for byte. The license of the images
-follows the license of the generator's weights.
-"""
-    atomic_write_bytes(plan.out / CARD, text.encode())
 
 
 def my_shards(plan: Plan, shard_range: tuple[int, int] | None = None) -> list[int]:
@@ -535,7 +417,7 @@ def generate(
     resumed = check_output(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(plan.out)
-    update_manifest(plan)
+    update_manifest(plan.out, base_manifest(plan))
     todo = [k for k in my_shards(plan, shard_range) if not (plan.out / shard_name(k)).exists()]
     if resumed is not None:
         log(
@@ -543,10 +425,14 @@ def generate(
         )
     started = time.perf_counter()
     images = ShardGenerator(
-        plan, batch_size, workers, progress, on_shard=lambda k: update_manifest(plan)
+        plan,
+        batch_size,
+        workers,
+        progress,
+        on_shard=lambda k: update_manifest(plan.out, base_manifest(plan)),
     ).run(todo)
     seconds = time.perf_counter() - started
-    manifest = update_manifest(plan)
+    manifest = update_manifest(plan.out, base_manifest(plan))
     done = sum(entry["samples"] for entry in manifest["shards"])
     rate = f", {images / seconds:.0f} img/s" if images and seconds > 0 else ""
     state = "complete" if manifest["complete"] else f"{done}/{plan.n} samples so far"

@@ -1,4 +1,4 @@
-"""`genrep-steer`: learn the steering walks of App. B, so that `--view steer` can use them.
+"""Learning the steering walks of App. B (`genrep-steer`), so that `--view steer` can use them.
 
 Following Jahanian et al. 2020 ("On the steerability of GANs") as GenRep does, one linear walk w_i
 per pixel-space edit (shift x, shift y, zoom, 2D rotation, 3D rotation, and color with one walk per
@@ -7,42 +7,43 @@ channel) is trained jointly:
     min_w  E_{z, y, alpha} || G(z + sum_i c_i(alpha_i) w_i, y) - T(G(z, y), alpha) ||^2  (valid pixels)
 
 where T composes every edit with its own random step size alpha_i and c_i maps it to the latent
-step (alpha / range; log(alpha) for zoom; alpha itself for color). Defaults are GenRep's
-(utils/biggan_steer_train.py): Adam, lr 1e-3, batch 32, 160k samples, walks initialised N(0, 0.1).
-
-The walk file is a plain `torch.save` dict (tensors, strings, numbers), loadable with
-`weights_only=True`; it names the model and weights hash it was learned for.
+step (`genrep.generate.walks`). Defaults are GenRep's (utils/biggan_steer_train.py): Adam, lr 1e-3,
+batch 32, 160k samples, walks initialised N(0, 0.1).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from genrep.config import config_option, save_config, to_plain
-from genrep.generate.cli import generator_options
+from genrep.config import save_config, to_plain
+from genrep.errors import UsageError
 from genrep.generate.edits import EDIT_NAMES, EDITS, UNITS, apply_edits, masked_mse
-from genrep.generate.models.base import Generator, build_generator
-from genrep.io import atomic_torch_save, remove_stale_tmp
+from genrep.generate.models.base import Generator
+from genrep.generate.walks import (
+    WALKS_FORMAT,
+    WALKS_VERSION,
+    cached_walks_path,
+    check_ranges,
+    config_path,
+    draw_alphas,
+    latent_steps,
+    range_field,
+    walk_names,
+)
+from genrep.io import atomic_torch_save, locked, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
-from genrep.registry import RegistryError
-from genrep.weights import genrep_home
 
-WALKS_FORMAT = "genrep-walks"
-WALKS_VERSION = 1
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -62,15 +63,6 @@ Log = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class SteerError(ValueError):
-    """Bad input for steering (config, walk file, model mismatch); the message says what to do."""
-
-
-def _range_field(edit: str) -> str:
-    """The SteerConfig field (dashed: the flag) of an edit's range; shift x and y share one."""
-    return ("shift" if edit.startswith("shift") else edit) + "_range"
 
 
 @dataclass(frozen=True)
@@ -99,18 +91,11 @@ class SteerConfig:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        try:
-            names = {EDITS.canonical(name) for name in self.transforms}
-        except RegistryError as err:
-            raise SteerError(f"--transforms: {err}") from None
+        names = {EDITS.canonical(name) for name in self.transforms}
         if not names:
-            raise SteerError("--transforms needs at least one transformation")
+            raise UsageError("--transforms needs at least one transformation")
         object.__setattr__(self, "transforms", tuple(n for n in EDIT_NAMES if n in names))
-        for name, value in self.ranges().items():
-            try:
-                EDITS.get(name).check_range(value)
-            except ValueError as err:
-                raise SteerError(f"--{_range_field(name).replace('_', '-')}: {err}") from None
+        check_ranges(self.ranges())
         checks = [
             (
                 self.num_samples >= self.batch_size > 0,
@@ -137,11 +122,11 @@ class SteerConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise SteerError(message)
+                raise UsageError(message)
 
     def ranges(self) -> dict[str, float]:
         """Largest step of each edit that is learned (zoom: largest factor)."""
-        return {name: float(getattr(self, _range_field(name))) for name in self.transforms}
+        return {name: float(getattr(self, range_field(name))) for name in self.transforms}
 
     @property
     def steps(self) -> int:
@@ -153,130 +138,9 @@ class SteerConfig:
         )
 
 
-def walk_names(transforms: Sequence[str]) -> list[str]:
-    """The walks of these edits, in composition order (color gives color_r, color_g, color_b)."""
-    return [walk for name in EDIT_NAMES if name in transforms for walk in EDITS.get(name).walks]
-
-
-def draw_alphas(
-    rng: np.random.Generator, n: int, ranges: Mapping[str, float]
-) -> dict[str, np.ndarray]:
-    """n random step sizes per walk (walk name -> float64 array), for the edits of `ranges`."""
-    alphas = {}
-    for name in EDIT_NAMES:
-        if name in ranges:
-            edit = EDITS.get(name)()
-            drawn = edit.draw(rng, n, ranges[name])
-            alphas.update({walk: drawn[:, j] for j, walk in enumerate(edit.walks)})
-    return alphas
-
-
-def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) -> np.ndarray:
-    """n x num_walks coefficients c_i(alpha_i) of the walks, in `walk_names` order."""
-    columns = []
-    for name in EDIT_NAMES:
-        if name in ranges:
-            edit = EDITS.get(name)()
-            alpha = np.stack([np.asarray(alphas[walk], np.float64) for walk in edit.walks], 1)
-            columns.append(edit.coefficient(alpha, ranges[name]))
-    return np.concatenate(columns, 1)
-
-
-# ------------------------------------------------------------------------------------ walk files
-
-
-def cached_walks_path(generator: Generator) -> Path:
-    """Where the auto-learned walks of a generator live: next to the weights cache."""
-    return genrep_home() / "walks" / f"{generator.name}-{generator.weights_sha256[:16]}.pt"
-
-
 def checkpoint_path(out: str | os.PathLike) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".ckpt")
-
-
-def config_path(out: str | os.PathLike) -> Path:
-    """The resolved config saved next to a walk file."""
-    return Path(out).with_suffix(".config.yaml")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock tied to `path`, so concurrent processes learn the same cached walks once."""
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _model_mismatch(learned: Mapping[str, Any], generator: Generator) -> str | None:
-    if (
-        learned.get("name") != generator.name
-        or learned.get("weights_sha256") != generator.weights_sha256
-        or learned.get("z_dim") != generator.z_dim
-    ):
-        return (
-            f"model {learned.get('name')!r} (weights sha256 "
-            f"{str(learned.get('weights_sha256'))[:12]}, z_dim {learned.get('z_dim')})"
-        )
-    return None
-
-
-def load_walks(path: str | os.PathLike, generator: Generator | None = None) -> dict[str, Any]:
-    """Read and check a walk file; with `generator`, refuse walks learned for another model."""
-    path = Path(path)
-    if not path.is_file():
-        raise SteerError(
-            f"walk file {path} does not exist; learn one with "
-            f"`genrep-steer --model MODEL --out {path}`"
-        )
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise SteerError(
-            f"{path} is not a walk file of genrep-steer "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != WALKS_FORMAT:
-        raise SteerError(
-            f"{path} is not a walk file of genrep-steer (no {WALKS_FORMAT!r} format tag)"
-        )
-    if record.get("format_version", 0) > WALKS_VERSION:
-        raise SteerError(
-            f"{path} has walk format version {record['format_version']}; this genrep "
-            f"reads up to {WALKS_VERSION}: upgrade genrep"
-        )
-    walks, ranges = record.get("walks"), record.get("ranges")
-    try:
-        missing = [key for key in ("names", "units", "steps", "loss") if key not in record]
-        if missing or not isinstance(record.get("model"), dict):
-            raise ValueError(f"missing {', '.join(missing) or 'model'}")
-        if not isinstance(ranges, dict) or not isinstance(walks, torch.Tensor) or walks.ndim != 2:
-            raise ValueError("missing walks or ranges")
-        SteerConfig(
-            transforms=tuple(ranges),
-            **{_range_field(name): value for name, value in ranges.items()},
-        )
-        if list(record.get("names", [])) != walk_names(tuple(ranges)) or walks.shape[0] != len(
-            record["names"]
-        ):
-            raise ValueError("walk names do not match the walks")
-    except (ValueError, TypeError) as err:
-        raise SteerError(
-            f"{path} is a damaged walk file ({err}); learn it again with genrep-steer"
-        ) from None
-    if generator is not None:
-        learned_for = _model_mismatch(record.get("model", {}), generator)
-        if learned_for is not None:
-            raise SteerError(
-                f"{path} holds walks learned for {learned_for}, not for {generator.name!r} "
-                f"(weights sha256 {generator.weights_sha256[:12]}, z_dim {generator.z_dim}); learn "
-                f"walks for this model with `genrep-steer --model {generator.name} --out FILE`, or "
-                "leave out --walks to learn and cache them"
-            )
-    return record
 
 
 # --------------------------------------------------------------------------------------- training
@@ -286,15 +150,13 @@ class _Batches:
     """Latents, classes and step sizes of training step `step` (a pure function of seed and step)."""
 
     def __init__(self, generator: Generator, config: SteerConfig) -> None:
-        from genrep.generate.pipeline import resolve_classes
-
         self.generator, self.config = generator, config
         self.device = generator.device
         self.ranges = config.ranges()
         self.truncation = (
             generator.default_truncation if config.truncation is None else config.truncation
         )
-        self.classes = resolve_classes(generator, config.classes)
+        self.classes = generator.resolve_classes(config.classes)
 
     def draw(self, seed_index: int, n: int, stream: int):
         rng = sample_rng(self.config.seed, seed_index, stream)
@@ -361,7 +223,7 @@ def learn_walks(
     Returns the walk record that was written.
     """
     if checkpoint_every <= 0:
-        raise SteerError(f"--checkpoint-every must be > 0, got {checkpoint_every}")
+        raise UsageError(f"--checkpoint-every must be > 0, got {checkpoint_every}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batches = _Batches(generator, config)
@@ -381,12 +243,12 @@ def learn_walks(
         try:
             state = torch.load(ckpt, map_location=device, weights_only=True)
         except Exception as err:  # noqa: BLE001
-            raise SteerError(
+            raise UsageError(
                 f"cannot read checkpoint {ckpt} ({type(err).__name__}); delete it or "
                 "pass --no-resume"
             ) from None
         if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
-            raise SteerError(
+            raise UsageError(
                 f"checkpoint {ckpt} was made for another model or config; pass "
                 "--no-resume to start over (it is then replaced), or another --out"
             )
@@ -478,7 +340,7 @@ def cached_walks(generator: Generator, log: Log = _stderr, progress: bool = True
     """The cached walk file of `generator`, learned once with `AUTO_LEARN_CONFIG` if missing."""
     path = cached_walks_path(generator)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with locked(path.with_name(path.name + ".lock")):
         if path.exists():
             log(f"view steer: using the cached walks {path} (learned earlier for this model)")
             return path
@@ -497,172 +359,3 @@ def cached_walks(generator: Generator, log: Log = _stderr, progress: bool = True
             log=log,
         )
     return path
-
-
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) -> tuple[str, ...]:
-    """`--transforms a,b,c` (or a YAML list) as a tuple of edit names."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    try:
-        return tuple(EDITS.canonical(name) for name in names)
-    except RegistryError as err:
-        raise click.BadParameter(str(err)) from None
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@config_option
-@generator_options
-@click.option(
-    "--classes",
-    default=None,
-    help="Classes to draw y from: all, a named subset, K, or ids '3,7,9' (conditional "
-    "models; for the embedded model, K makes it class-conditional with K classes).",
-)
-@click.option(
-    "--out",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Walk file to write [default: the cache $GENREP_HOME/walks/MODEL-HASH.pt that "
-    "genrep-generate --view steer uses when given no --walks].",
-)
-@click.option(
-    "--transforms",
-    default=",".join(EDIT_NAMES),
-    callback=_transform_list,
-    type=click.UNPROCESSED,  # a YAML list reaches the callback as a list
-    help="Comma list of the edits to learn walks for.",
-)
-@click.option(
-    "--shift-range",
-    type=float,
-    default=SteerConfig.shift_range,
-    help="Largest shift, as a fraction of the image side.",
-)
-@click.option(
-    "--zoom-range",
-    type=float,
-    default=SteerConfig.zoom_range,
-    help="Largest zoom factor R: alpha in [1/R, R], log(alpha) in latent space.",
-)
-@click.option(
-    "--rotate-2d-range",
-    type=float,
-    default=SteerConfig.rotate_2d_range,
-    help="Largest 2D rotation in degrees.",
-)
-@click.option(
-    "--rotate-3d-range",
-    type=float,
-    default=SteerConfig.rotate_3d_range,
-    help="Largest 3D rotation (about the vertical axis) in degrees.",
-)
-@click.option(
-    "--color-range",
-    type=float,
-    default=SteerConfig.color_range,
-    help="Largest offset added to a channel of the [-1, 1] image.",
-)
-@click.option(
-    "--num-samples",
-    type=int,
-    default=SteerConfig.num_samples,
-    help="Training latents in all (steps = num-samples / batch-size).",
-)
-@click.option("--batch-size", type=int, default=SteerConfig.batch_size)
-@click.option("--lr", type=float, default=SteerConfig.lr, help="Learning rate.")
-@click.option(
-    "--lr-schedule",
-    type=click.Choice(list(LR_SCHEDULES)),
-    default=SteerConfig.lr_schedule,
-    help="constant (as GenRep), or cosine annealing to 0 over the run.",
-)
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=SteerConfig.optimizer)
-@click.option(
-    "--init-std", type=float, default=SteerConfig.init_std, help="Std of the random initial walks."
-)
-@click.option(
-    "--truncation",
-    type=float,
-    default=None,
-    help="Training latents z ~ N_t(0, 1, t) [default: the model's].",
-)
-@click.option(
-    "--eval-size",
-    type=int,
-    default=SteerConfig.eval_size,
-    help="Latents of the fixed batch the initial and final losses are measured on.",
-)
-@click.option("--seed", type=int, default=0)
-@click.option("--device", default="cpu", help="torch device, e.g. cuda or cuda:1.")
-@click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    help="Continue from the checkpoint OUT.ckpt of an interrupted run.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing walk file.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def main(
-    model: str,
-    weights: str | None,
-    model_option: dict[str, str],
-    device: str,
-    out: str | None,
-    checkpoint_every: int,
-    resume: bool,
-    overwrite: bool,
-    progress: bool,
-    **settings: Any,
-) -> None:
-    """Learn the steering walks (shift, zoom, 2D/3D rotation, color) of a generator (App. B).
-
-    The walk file feeds `genrep-generate --view steer --walks FILE`.
-    """
-
-    def log(message: str) -> None:
-        click.echo(message, err=True)
-
-    try:
-        torch_device = torch.device(device)
-    except RuntimeError as err:  # torch's message for a device string it does not know
-        raise click.BadParameter(str(err).splitlines()[0], param_hint="--device") from None
-    try:
-        config = SteerConfig(
-            **settings,
-            extra={
-                "model": model,
-                "weights": weights,
-                "model_option": model_option,
-                "device": device,
-                "checkpoint_every": checkpoint_every,
-            },
-        )
-        generator = build_generator(
-            model, weights=weights, classes=settings["classes"], device=torch_device, **model_option
-        )
-    except TypeError as err:
-        raise click.UsageError(f"bad --model-option for {model!r}: {err}") from None
-    except (RegistryError, ValueError) as err:
-        raise click.UsageError(str(err)) from None
-    path = Path(out) if out else cached_walks_path(generator)
-    if path.exists() and not overwrite:
-        raise click.UsageError(f"{path} exists; pass --overwrite to replace it, or another --out")
-    try:
-        learn_walks(
-            generator,
-            config,
-            path,
-            resume=resume,
-            checkpoint_every=checkpoint_every,
-            progress=progress,
-            log=log,
-        )
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -92,6 +92,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, f)
 
 
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+    """An exclusive inter-process lock held on `lock_file` (created if missing), for the processes
+    that write one dataset folder or learn one cached walk file together."""
+    from filelock import FileLock
+
+    with FileLock(os.fspath(lock_file)):
+        yield
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

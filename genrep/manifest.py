@@ -1,29 +1,31 @@
-"""The manifest of a shard folder: what generated the dataset and the checksum of every shard.
+"""The dataset folder: its manifest (what generated the dataset and the checksum of every shard),
+how the manifest is created and updated, and the files beside it.
 
-`manifest.json` is rewritten atomically as shards complete; it says `"complete": true` once every
-shard of the dataset is there. Readers use it to list shards and to refuse formats they do not know.
+`manifest.json` is rewritten atomically, under the folder's lock, as shards complete; it says
+`"complete": true` once every shard of the dataset is there, and then the folder also gets the
+resolved `config.yaml` and a dataset card `README.md`. Readers use the manifest to list shards and
+to refuse formats they do not know. The format is specified for people in shards/README.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
+import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genrep.io import atomic_write_bytes
-from genrep.shards import FORMAT_NAME, FORMAT_VERSION
+from genrep.card import write_card
+from genrep.config import save_config, to_plain
+from genrep.errors import ManifestError, OutputError
+from genrep.io import atomic_write_bytes, locked, sha256_file
+from genrep.shards import FORMAT_NAME, FORMAT_VERSION, shard_name
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
-CARD = "README.md"
-
-
-class ManifestError(ValueError):
-    """A folder that is not a readable genrep dataset."""
+LOCK = ".manifest.lock"
 
 
 def manifest_path(folder: str | Path) -> Path:
@@ -104,12 +106,99 @@ def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
     atomic_write_bytes(manifest_path(folder), data.encode())
 
 
-@contextlib.contextmanager
-def locked(folder: str | Path) -> Iterator[None]:
+@contextmanager
+def dataset_lock(folder: str | Path) -> Iterator[None]:
     """Exclusive lock on a dataset folder, so processes sharing the work update one manifest."""
-    with open(Path(folder) / ".manifest.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with locked(Path(folder) / LOCK):
+        yield
+
+
+def check_identity(folder: str | Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
+    """Refuse to add to a dataset made with another configuration (`identity`: everything that
+    decides the dataset's bytes)."""
+    held = manifest.get("identity")
+    if held != identity:
+        held = held if isinstance(held, dict) else {}
+        differing = sorted(key for key in {*held, *identity} if held.get(key) != identity.get(key))
+        raise OutputError(
+            f"{folder} holds a dataset made with a different config (differs in: "
+            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config"
+        )
+
+
+def new_manifest(
+    *,
+    generator: dict[str, Any],
+    view: dict[str, Any],
+    seed: int,
+    n: int,
+    neighbors: int,
+    classes: list[int] | None,
+    truncation: float | None,
+    image: dict[str, Any],
+    shard_size: int,
+    identity: dict[str, Any],
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest of a dataset with no shards yet (the schema of shards/README.md)."""
+    return to_plain(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "generator": generator,
+            "view": view,
+            "seed": seed,
+            "n": n,
+            "neighbors": neighbors,
+            "classes": classes,
+            "truncation": truncation,
+            "image": image,
+            "shard_size": shard_size,
+            "num_shards": math.ceil(n / shard_size),
+            "identity": identity,
+            "config": config,
+            "shards": [],
+            "complete": False,
+        }
+    )
+
+
+def shard_samples(manifest: dict[str, Any], k: int) -> int:
+    """Anchors in shard `k` of a dataset (the last shard may hold fewer)."""
+    return min(manifest["shard_size"], manifest["n"] - k * manifest["shard_size"])
+
+
+def update_manifest(folder: str | Path, base: dict[str, Any]) -> dict[str, Any]:
+    """Record every complete shard in `folder` in its manifest, which starts as `base` if the
+    folder has none; on completion write the config and the dataset card too. Runs under the
+    folder lock, so processes sharing the work keep one consistent manifest."""
+    folder = Path(folder)
+    with dataset_lock(folder):
+        manifest = read_manifest(folder)
+        if manifest is None:
+            manifest = base
+        else:
+            check_identity(folder, manifest, base["identity"])
+        known = {entry["name"]: entry for entry in manifest["shards"]}
+        entries = []
+        for k in range(manifest["num_shards"]):
+            path = folder / shard_name(k)
+            if not path.exists():
+                continue
+            entry = known.get(path.name)
+            if entry is None or entry["bytes"] != path.stat().st_size:
+                entry = {
+                    "name": path.name,
+                    "samples": shard_samples(manifest, k),
+                    "first_index": k * manifest["shard_size"],
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            entries.append(entry)
+        manifest["shards"] = entries
+        manifest["complete"] = len(entries) == manifest["num_shards"]
+        write_manifest(folder, manifest)
+        if manifest["complete"]:
+            save_config(folder / CONFIG, manifest["config"])
+            write_card(folder, manifest)
+        return manifest

@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 
+from genrep.errors import WeightsError
 from genrep.io import commit_tmp, sha256_file, tmp_path_for
+from genrep.paths import weights_dir
+from genrep.safeload import load_tensors
 
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK = 1 << 20
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be found, fetched or read; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,6 @@ class WeightsSpec:
 class ResolvedWeights:
     path: Path
     sha256: str
-
-
-def genrep_home() -> Path:
-    """The per-user folder for downloaded weights and caches (`$GENREP_HOME` wins)."""
-    if os.environ.get("GENREP_HOME"):
-        return Path(os.environ["GENREP_HOME"]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(cache).expanduser() / "genrep"
-
-
-def weights_cache_dir() -> Path:
-    return genrep_home() / "weights"
 
 
 def downloads_disabled() -> bool:
@@ -91,7 +78,7 @@ def resolve_weights(
         return ResolvedWeights(path, sha256_file(path))
     if spec is None:
         raise WeightsError(f"{model} has no published weights to download: pass --weights FILE")
-    cached = weights_cache_dir() / spec.filename
+    cached = weights_dir() / spec.filename
     if cached.is_file():
         digest = sha256_file(cached)
         if spec.sha256 is not None and digest != spec.sha256:
@@ -161,14 +148,15 @@ def _fetch(url: str, tmp: Path) -> str:
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` on CPU, with a one-line error for anything else."""
-    try:
+    """A generator's state dict, read with `weights_only=True` on the CPU; one line for anything else."""
+    data = load_tensors(
+        path,
+        what="a tensors-only PyTorch checkpoint",
+        advice="pass the published weights file",
+        error=WeightsError,
         # rosinality training checkpoints carry their argparse.Namespace of options: plain data.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file gets the same advice
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{path} is not a tensors-only PyTorch checkpoint ({first})") from None
+        safe_globals=[argparse.Namespace],
+    )
     if not isinstance(data, Mapping):
         raise WeightsError(f"{path} holds a {type(data).__name__}, not a state dict")
     return dict(data)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from genrep.errors import UsageError
 from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.models.embedded import COLOR_PER_UNIT, SHIFT_PER_UNIT
 
@@ -69,7 +70,7 @@ def test_class_conditional_mode_has_own_parameters_per_class():
     assert (images[1] - images[2]).abs().mean() > 0.1
     with pytest.raises(ValueError, match="class-conditional"):
         generator(z)
-    with pytest.raises(ValueError, match="number of classes"):
+    with pytest.raises(UsageError, match="number of classes"):
         build_generator("embedded", classes="dogs")
 
 

@@ -16,8 +16,8 @@ import torch
 import yaml
 from conftest import run_generate
 
+from genrep.errors import UsageError
 from genrep.generate.models import build_generator
-from genrep.generate.pipeline import GenerateError, resolve_classes
 from genrep.manifest import load_dataset, read_manifest
 from genrep.shards import decode_sample, iter_raw_samples
 
@@ -310,13 +310,13 @@ def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
         (["--n", "-3"], "--n must be > 0"),
         ([], "pass --n"),
         (["--view", "independent"], "view 'independent' needs a class-conditional model"),
-        (["--view", "none", "--sigma", "0.5"], "--sigma does not apply to view 'none'"),
+        (["--view", "none", "--sigma", "0.5"], "view 'none' does not take --sigma"),
         (["--classes", "3", "--per-class", "2", "--n", "7"], "--n 7 disagrees with --per-class 2"),
         (["--classes", "two"], "--classes for the embedded generator is a number of classes K"),
         (["--size", "256"], "smaller than --size 256"),
         (["--shards", "5"], "is not START:STOP"),
         (["--per-class", "3"], "--per-class needs a class-conditional model"),
-        (["--truncation", "-1"], "--truncation must be > 0"),
+        (["--truncation", "-1"], "--truncation must be a finite number > 0"),
     ],
 )
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
@@ -331,20 +331,20 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_class_selection_specs():
     generator = build_generator("embedded", classes=5, resolution=32)
     generator.class_subsets = {"odd": [1, 3]}
-    assert resolve_classes(generator, None) == resolve_classes(generator, "all") == [0, 1, 2, 3, 4]
-    assert resolve_classes(generator, "odd") == [1, 3]
-    assert resolve_classes(generator, 2) == [0, 1]
-    assert resolve_classes(generator, "4,0") == [4, 0]
-    with pytest.raises(GenerateError, match="class ids must lie in 0..4"):
-        resolve_classes(generator, "0,5")
-    with pytest.raises(GenerateError, match="is not one of: all, odd"):
-        resolve_classes(generator, "evens")
+    assert generator.resolve_classes(None) == generator.resolve_classes("all") == [0, 1, 2, 3, 4]
+    assert generator.resolve_classes("odd") == [1, 3]
+    assert generator.resolve_classes(2) == [0, 1]
+    assert generator.resolve_classes("4,0") == [4, 0]
+    with pytest.raises(UsageError, match="class ids must lie in 0..4"):
+        generator.resolve_classes("0,5")
+    with pytest.raises(UsageError, match="is not one of: all, odd"):
+        generator.resolve_classes("evens")
     unconditional = build_generator("embedded", resolution=32)
-    assert resolve_classes(unconditional, None) is None
+    assert unconditional.resolve_classes(None) is None
     with pytest.raises(
-        GenerateError, match="--classes does not apply: model 'embedded' is unconditional"
+        UsageError, match="--classes does not apply: model 'embedded' is unconditional"
     ):
-        resolve_classes(unconditional, "all")
+        unconditional.resolve_classes("all")
 
 
 def test_existing_dataset_with_another_config_is_left_untouched(make_dataset):

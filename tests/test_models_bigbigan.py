@@ -9,9 +9,9 @@ import itertools
 import pytest
 import torch
 
+from genrep.errors import WeightsError
 from genrep.generate.models import build_generator
 from genrep.generate.models.bigbigan import fold_spectral_norm
-from genrep.weights import WeightsError
 
 WIDTH = 4  # G_ch
 CHANNELS = [16 * WIDTH, 16 * WIDTH, 8 * WIDTH, 4 * WIDTH, 2 * WIDTH, WIDTH]  # 4 px -> 128 px

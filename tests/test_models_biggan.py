@@ -18,6 +18,7 @@ import pytest
 import pytorch_pretrained_biggan as pretrained  # the reference; a test extra
 import torch
 
+from genrep.errors import UsageError, WeightsError
 from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.models._layers import read_json
 from genrep.generate.models.biggan import (
@@ -26,7 +27,6 @@ from genrep.generate.models.biggan import (
     convert_state_dict,
     load_biggan_deep,
 )
-from genrep.weights import WeightsError
 
 NAMES = ["biggan-deep-128", "biggan-deep-256", "biggan-deep-512"]
 
@@ -118,9 +118,13 @@ def test_channels_last_under_autocast(tmp_path):
 
 def test_builder_checks_options_before_loading():
     for bad in ("1.5", "0", "abc"):
-        with pytest.raises(ValueError, match="bn_truncation"):
+        with pytest.raises(UsageError, match="bn_truncation"):
             build_generator("biggan-deep-128", weights="/nonexistent", bn_truncation=bad)
-    with pytest.raises(TypeError):  # the pipeline reports unknown --model-option keys
+    with pytest.raises(
+        UsageError,
+        match="'biggan-deep-128' does not take --model-option truncation_psi; "
+        "it takes: --model-option bn_truncation",
+    ):
         build_generator("biggan-deep-128", weights="/nonexistent", truncation_psi="0.5")
 
 

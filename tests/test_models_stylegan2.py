@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from genrep.errors import UsageError, WeightsError
 from genrep.generate.models import build_generator
 from genrep.generate.models.stylegan2 import blur_kernel
-from genrep.weights import WeightsError
 
 Z_DIM = W_DIM = 8
 MLP = 2
@@ -323,7 +323,7 @@ def test_truncation_psi_pulls_towards_average_w(rosinality_file, tensors):
         torch.testing.assert_close(images[0], images[1])
         w_avg_image = plain.net.synthesize(tensors["w_avg"][None]).clamp(-1, 1)
     torch.testing.assert_close(images[:1], w_avg_image)
-    with pytest.raises(ValueError, match="truncation_psi"):
+    with pytest.raises(UsageError, match="truncation_psi"):
         build_generator("stylegan2", weights=str(rosinality_file), truncation_psi="strong")
 
 

@@ -224,10 +224,12 @@ def test_a_yaml_config_sets_every_flag_and_the_saved_config_replays(tmp_path, ru
             }
         )
     )
-    probe("--config", config)
+    probe("--config", config)  # a config file never chooses where to write
+    assert not (tmp_path / "a.json").exists()
+    probe("--config", config, "--out", tmp_path / "a.json")
     first = read(tmp_path / "a.json")
     assert first["settings"]["k"] == 3 and first["config"]["size"] == 32
-    probe("--config", tmp_path / "a.config.yaml", "--overwrite")
+    probe("--config", tmp_path / "a.config.yaml", "--out", tmp_path / "a.json", "--overwrite")
     assert read(tmp_path / "a.json")["metrics"] == first["metrics"]
 
 

@@ -41,7 +41,8 @@ from genrep.generate.models.embedded import (
     ROTATION_PER_UNIT,
     SHIFT_PER_UNIT,
 )
-from genrep.generate.steer import SteerConfig, learn_walks, load_walks
+from genrep.generate.steer import SteerConfig, learn_walks
+from genrep.generate.walks import load_walks
 from genrep.latents import truncated_normal
 
 RES = 48

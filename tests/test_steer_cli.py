@@ -15,18 +15,13 @@ from click.testing import CliRunner
 from conftest import run_generate
 from PIL import Image
 
+from genrep.errors import CheckpointError, UsageError
 from genrep.generate import steer
+from genrep.generate.cli import steer_main
 from genrep.generate.models import build_generator
-from genrep.generate.steer import (
-    SteerConfig,
-    SteerError,
-    cached_walks_path,
-    checkpoint_path,
-    latent_steps,
-    learn_walks,
-    load_walks,
-)
+from genrep.generate.steer import SteerConfig, checkpoint_path, learn_walks
 from genrep.generate.views import build_view
+from genrep.generate.walks import cached_walks_path, latent_steps, load_walks
 from genrep.io import sha256_file
 from genrep.manifest import load_dataset
 from genrep.shards import decode_sample, iter_raw_samples
@@ -36,7 +31,7 @@ TINY = SteerConfig(num_samples=16, batch_size=4, lr=0.03, eval_size=4)
 
 
 def steer_cli(*args: object):
-    return CliRunner().invoke(steer.main, ["--no-progress", *map(str, args)])
+    return CliRunner().invoke(steer_main, ["--no-progress", *map(str, args)])
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +165,7 @@ def test_a_checkpoint_of_another_config_is_refused(small_generator, tmp_path, mo
         with pytest.raises(KeyboardInterrupt):
             learn_walks(small_generator, TINY, out, progress=False, log=lambda message: None)
     other = dataclasses.replace(TINY, lr=0.01)
-    with pytest.raises(SteerError, match="was made for another model or config; pass --no-resume"):
+    with pytest.raises(UsageError, match="was made for another model or config; pass --no-resume"):
         learn_walks(small_generator, other, out, progress=False, log=lambda message: None)
     record = learn_walks(
         small_generator, other, out, resume=False, progress=False, log=lambda message: None
@@ -183,35 +178,38 @@ class _Payload:
 
 
 def test_unreadable_or_foreign_walk_files_are_refused(small_generator, tmp_path, walks_file):
-    with pytest.raises(SteerError, match="does not exist; learn one with `genrep-steer"):
+    with pytest.raises(CheckpointError, match="does not exist; learn one with `genrep-steer"):
         load_walks(tmp_path / "missing.pt")
     torch.save({"walks": torch.zeros(2, 2)}, tmp_path / "plain.pt")
-    with pytest.raises(SteerError, match="not a walk file of genrep-steer"):
+    with pytest.raises(CheckpointError, match="not a walk file of genrep-steer"):
         load_walks(tmp_path / "plain.pt")
     torch.save({"format": "genrep-walks", "payload": _Payload()}, tmp_path / "code.pt")
-    with pytest.raises(SteerError, match="not a walk file of genrep-steer .*Unpickling"):
+    with pytest.raises(
+        CheckpointError,
+        match="not a walk file of genrep-steer: it asks for the Python global .*_Payload",
+    ):
         load_walks(tmp_path / "code.pt")
     record = torch.load(walks_file, weights_only=True)
     record["names"] = record["names"][:-1]
     torch.save(record, tmp_path / "damaged.pt")
-    with pytest.raises(SteerError, match="damaged walk file"):
+    with pytest.raises(CheckpointError, match="damaged walk file"):
         load_walks(tmp_path / "damaged.pt")
     record = torch.load(walks_file, weights_only=True)
     del record["model"]
     torch.save(record, tmp_path / "anonymous.pt")
-    with pytest.raises(SteerError, match="damaged walk file .missing model"):
+    with pytest.raises(CheckpointError, match="damaged walk file .missing model"):
         load_walks(tmp_path / "anonymous.pt")
     record = torch.load(walks_file, weights_only=True)
     record["format_version"] = 99
     torch.save(record, tmp_path / "newer.pt")
-    with pytest.raises(SteerError, match="upgrade genrep"):
+    with pytest.raises(CheckpointError, match="upgrade genrep"):
         load_walks(tmp_path / "newer.pt")
 
 
 def test_walks_of_another_model_are_refused(tmp_path, walks_file):
     other = build_generator("embedded", resolution=32, z_dim=64)
     with pytest.raises(
-        SteerError,
+        CheckpointError,
         match="learned for model 'embedded' .*z_dim 128.*, not for "
         "'embedded' .*z_dim 64.*genrep-steer --model embedded",
     ):
@@ -229,7 +227,7 @@ def test_walks_of_another_model_are_refused(tmp_path, walks_file):
         str(tmp_path / "ds"),
         expect_ok=False,
     )
-    assert result.exit_code == 2 and "holds walks learned for model 'embedded'" in result.output
+    assert result.exit_code == 1 and "holds walks learned for model 'embedded'" in result.output
     assert not (tmp_path / "ds").exists()
 
 
@@ -334,5 +332,5 @@ def test_class_conditional_generators_learn_with_sampled_classes(tmp_path, monke
         log=lambda message: None,
     )
     assert record["model"]["num_classes"] == 3 and set(seen) == {0, 2}
-    with pytest.raises(SteerError, match="z_dim 128"):  # another class count, other weights
+    with pytest.raises(CheckpointError, match="z_dim 128"):  # another class count, other weights
         load_walks(tmp_path / "w.pt", build_generator("embedded", classes=4))

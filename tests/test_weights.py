@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from genrep.errors import WeightsError
+from genrep.paths import genrep_home, weights_dir
 from genrep.weights import (
-    WeightsError,
     WeightsSpec,
-    genrep_home,
     load_restricted_pickle,
     load_state_dict_file,
     resolve_weights,
-    weights_cache_dir,
 )
 
 PAYLOAD = b"pretend these are weights" * 100
@@ -73,7 +72,7 @@ def test_home_defaults_to_user_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert genrep_home() == tmp_path / "xdg" / "genrep"
     monkeypatch.setenv("GENREP_HOME", str(tmp_path / "mine"))
-    assert weights_cache_dir() == tmp_path / "mine" / "weights"
+    assert weights_dir() == tmp_path / "mine" / "weights"
 
 
 def test_download_over_http_is_checked_cached_and_reused(home, server):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from genrep.config import config_option
+from genrep.options import config_option
 from genrep.registry import RegistryError
 
 

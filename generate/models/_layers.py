@@ -12,9 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genrep.weights import WeightsError
-
-_SHOWN_KEYS = 4
+from genrep.errors import UsageError, WeightsError
+from genrep.safeload import state_dict_mismatch
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
@@ -23,21 +22,9 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
     The tensors are assigned (float32 on CPU), so `module` may be built on the meta device
     without paying for a random initialisation that the weights replace.
     """
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
-            problems.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
-    if problems:
-        raise WeightsError(f"{source} does not fit this network ({'; '.join(problems)})")
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise WeightsError(f"{source} does not fit this network ({problem})")
     state = {
         k: v.to("cpu", torch.float32) if v.is_floating_point() else v.to("cpu")
         for k, v in state.items()
@@ -50,7 +37,7 @@ def as_float(name: str, value: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"model option {name}={value!r} is not a number") from None
+        raise UsageError(f"model option {name}={value!r} is not a number") from None
 
 
 def read_json(filename: str) -> Any:

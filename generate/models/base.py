@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from genrep.errors import UsageError
 from genrep.registry import Registry
 
 #: name -> builder(weights=None, classes=None, device="cpu", **options) -> Generator
@@ -65,8 +66,36 @@ class Generator(nn.Module):
             "weights_sha256": self.weights_sha256,
         }
 
+    def resolve_classes(self, spec: Any) -> list[int] | None:
+        """The class ids `--classes` selects: all (None or "all"), a named subset, the first K (an
+        integer), or a comma list of ids; None for an unconditional generator."""
+        if not self.conditional:
+            if spec is not None:
+                raise UsageError(f"--classes does not apply: model {self.name!r} is unconditional")
+            return None
+        if spec is None or spec == "all":
+            return list(range(self.num_classes))
+        text = str(spec).strip()
+        if text in self.class_subsets:
+            return list(self.class_subsets[text])
+        try:
+            ids = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            names = ", ".join(["all", *self.class_subsets, "K", "a comma list of ids"])
+            raise UsageError(f"--classes {spec!r} is not one of: {names}") from None
+        if len(ids) == 1 and "," not in text:  # an integer K: the first K classes
+            ids = list(range(ids[0]))
+        bad = [i for i in ids if not 0 <= i < self.num_classes]
+        if not ids or bad:
+            raise UsageError(f"--classes {spec!r}: class ids must lie in 0..{self.num_classes - 1}")
+        return ids
+
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def model_option_label(name: str) -> str:
+    return f"--model-option {name}"
 
 
 def build_generator(
@@ -77,10 +106,11 @@ def build_generator(
     device: str | torch.device = "cpu",
     **options: Any,
 ) -> Generator:
-    """Build the registered generator `name` in eval mode on `device`."""
+    """Build the registered generator `name` in eval mode on `device`; `options` are its model
+    options (`--model-option KEY=VALUE`), refused when the model does not take them."""
     canonical = GENERATORS.canonical(name)
-    generator = GENERATORS.get(canonical)(
-        weights=weights, classes=classes, device=device, **options
+    generator = GENERATORS.build(
+        canonical, weights, classes, device, option_label=model_option_label, **options
     )
     generator.name = canonical
     return generator.eval().requires_grad_(False)

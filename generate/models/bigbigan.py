@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.errors import WeightsError
 from genrep.generate.models._layers import SelfAttention, load_strict
 from genrep.generate.models.base import GENERATORS, Generator
-from genrep.weights import WeightsError, WeightsSpec, load_state_dict_file, resolve_weights
+from genrep.weights import WeightsSpec, load_state_dict_file, resolve_weights
 
 WEIGHTS = WeightsSpec(
     "BigBiGAN_x1.pth",

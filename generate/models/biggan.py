@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.errors import UsageError, WeightsError
 from genrep.generate.models._layers import (
     SelfAttention,
     as_float,
@@ -31,7 +32,7 @@ from genrep.generate.models._layers import (
     read_json,
 )
 from genrep.generate.models.base import GENERATORS, Generator
-from genrep.weights import WeightsError, WeightsSpec, load_state_dict_file, resolve_weights
+from genrep.weights import WeightsSpec, load_state_dict_file, resolve_weights
 
 _URL = "https://s3.amazonaws.com/models.huggingface.co/biggan/{name}-pytorch_model.bin"
 
@@ -49,7 +50,7 @@ def weights_spec(name: str) -> WeightsSpec:
 def bn_statistics_index(truncation: float, n_stats: int) -> tuple[int, float]:
     """Row of the statistics table below `truncation` and the weight of the next row."""
     if not 0 < truncation <= 1:
-        raise ValueError(f"bn_truncation must lie in (0, 1], got {truncation}")
+        raise UsageError(f"bn_truncation must lie in (0, 1], got {truncation}")
     position = truncation * (n_stats - 1)
     nearest = round(position)
     if abs(position - nearest) < 1e-6:  # on the grid (0.3 / 0.02 is 14.999...)

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from genrep.errors import UsageError
 from genrep.generate.models.base import GENERATORS, Generator
 
 # How strongly the geometry/color parts of z act (per unit of z along each fixed direction).
@@ -49,7 +50,7 @@ class EmbeddedGenerator(Generator):
     ) -> None:
         super().__init__()
         if z_dim < 16:
-            raise ValueError(f"embedded generator needs z_dim >= 16, got {z_dim}")
+            raise UsageError(f"embedded generator needs z_dim >= 16, got {z_dim}")
         self.z_dim, self.num_classes, self.resolution = z_dim, num_classes, resolution
         self.seed = seed
         rng = np.random.default_rng([seed, z_dim, num_classes, features, hidden])
@@ -183,17 +184,17 @@ def build_embedded(
 ) -> EmbeddedGenerator:
     """Build the embedded generator; an integer `classes` K makes it class-conditional with K classes."""
     if weights is not None:
-        raise ValueError("the embedded generator has no weights file; drop --weights")
+        raise UsageError("the embedded generator has no weights file; drop --weights")
     num_classes = 0
     if classes is not None:
         try:
             num_classes = int(classes)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise UsageError(
                 f"--classes for the embedded generator is a number of classes K, got {classes!r}"
             ) from None
         if num_classes < 1:
-            raise ValueError(f"--classes must be >= 1, got {num_classes}")
+            raise UsageError(f"--classes must be >= 1, got {num_classes}")
     return EmbeddedGenerator(
         z_dim=z_dim, num_classes=num_classes, resolution=resolution, seed=seed
     ).to(device)

@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.errors import WeightsError
 from genrep.generate.models._layers import as_float, load_strict
 from genrep.generate.models.base import GENERATORS, Generator
 from genrep.weights import (
     PersistentObject,
-    WeightsError,
     WeightsSpec,
     load_restricted_pickle,
     load_state_dict_file,

@@ -3,6 +3,6 @@
 A view turns an anchor latent z (and class y) into K neighbor latents; see `base.py`.
 """
 
-from genrep.generate.views.base import VIEWS, View, ViewError, build_view
+from genrep.generate.views.base import VIEWS, View, build_view
 
-__all__ = ["VIEWS", "View", "ViewError", "build_view"]
+__all__ = ["VIEWS", "View", "build_view"]

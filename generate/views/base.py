@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,15 +12,11 @@ from genrep.registry import Registry
 VIEWS: Registry[type[View]] = Registry("view", packages=["genrep.generate.views"])
 
 
-class ViewError(ValueError):
-    """A view that cannot be used as asked (wrong option, wrong generator)."""
-
-
 class View:
     """Tz: draws K neighbor latents of an anchor from the sample's own random stream.
 
-    Subclasses take their options as keyword arguments of `__init__` (after the generator); the
-    options they do not declare are refused by `build_view` with a clear message.
+    Subclasses take their options as keyword arguments of `__init__` after the generator (the
+    flags of the same names); `build_view` refuses options a view does not take.
     """
 
     name: ClassVar[str] = ""
@@ -44,15 +39,11 @@ class View:
         raise NotImplementedError
 
 
-def build_view(
-    name: str, generator: Generator, truncation: float | None = None, **options: Any
-) -> View:
-    """Build the registered view `name`; options left as None are not passed."""
-    cls = VIEWS.get(name)
-    options = {key: value for key, value in options.items() if value is not None}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "generator", "truncation"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
-        raise ViewError(f"{flags} does not apply to view {VIEWS.canonical(name)!r}")
-    return cls(generator, truncation=truncation, **options)
+def flag_label(name: str) -> str:
+    """An option name as the flag a user types."""
+    return "--" + name.replace("_", "-")
+
+
+def build_view(name: str, generator: Generator, **options: Any) -> View:
+    """Build the registered view `name` for `generator`; options left as None are not passed."""
+    return VIEWS.build(name, generator, option_label=flag_label, **options)

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from genrep.errors import UsageError
 from genrep.generate.models.base import Generator
-from genrep.generate.views.base import VIEWS, View, ViewError
+from genrep.generate.views.base import VIEWS, View
 from genrep.latents import truncated_normal
 
 
@@ -15,7 +16,6 @@ from genrep.latents import truncated_normal
 class NoView(View):
     """No latent transformation: only anchors are stored (Tx-only training uses two crops of each)."""
 
-    name = "none"
     has_neighbors = False
 
     def neighbors(self, z, label, rng, k):
@@ -26,15 +26,13 @@ class NoView(View):
 class GaussianView(View):
     """z + w, w ~ N_t(0, sigma, t) (eq. 9-10); sigma defaults to 0.2 unconditional, 1.0 conditional."""
 
-    name = "gaussian"
-
     def __init__(
         self, generator: Generator, sigma: float | None = None, truncation: float | None = None
     ) -> None:
         super().__init__(generator, truncation)
         self.sigma = generator.default_sigma if sigma is None else float(sigma)
         if self.sigma <= 0:
-            raise ViewError(f"--sigma must be > 0, got {self.sigma}")
+            raise UsageError(f"--sigma must be > 0, got {self.sigma}")
 
     def params(self) -> dict[str, Any]:
         return {"sigma": self.sigma, "truncation": self.truncation}
@@ -48,12 +46,10 @@ class GaussianView(View):
 class IndependentView(View):
     """A fresh z of the same class (App. C.1.2): only meaningful for class-conditional generators."""
 
-    name = "independent"
-
     def __init__(self, generator: Generator, truncation: float | None = None) -> None:
         super().__init__(generator, truncation)
         if not generator.conditional:
-            raise ViewError(
+            raise UsageError(
                 "view 'independent' needs a class-conditional model (an unconditional one would pair "
                 "unrelated images); use --view gaussian, or a conditional model (--classes K)"
             )

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from genrep.generate.models.base import Generator
-from genrep.generate.steer import cached_walks, draw_alphas, latent_steps, load_walks
 from genrep.generate.views.base import VIEWS, View
+from genrep.generate.walks import draw_alphas, latent_steps, load_walks
 from genrep.io import sha256_file
 
 
@@ -18,17 +18,12 @@ class SteerView(View):
     """Neighbors z + sum_i c_i(alpha_i) w_i, with every alpha_i drawn per neighbor from the ranges
     the walks were learned with (`genrep-steer`); the alphas go into the sample's json.
 
-    Without `walks`, the walks of the generator are learned once with the default budget and cached
-    under $GENREP_HOME/walks.
+    `walks` is the walk file; `genrep-generate` learns and caches one when it is not given.
     """
 
-    name = "steer"
-
-    def __init__(
-        self, generator: Generator, truncation: float | None = None, walks: str | None = None
-    ) -> None:
+    def __init__(self, generator: Generator, walks: str, truncation: float | None = None) -> None:
         super().__init__(generator, truncation)
-        path = Path(walks) if walks is not None else cached_walks(generator)
+        path = Path(walks)
         self.record = load_walks(path, generator)
         self.walks_sha256 = sha256_file(path)
         self.ranges: dict[str, float] = dict(self.record["ranges"])

@@ -1,0 +1,232 @@
+"""The options every command shares, defined once: --config, --device, --precision, --workers,
+--progress, and `KEY=VALUE` options.
+
+Each command adds the ones it uses with `common_options(...)` and resolves them with the functions
+here, so `--device auto` means the same thing in every stage and a device that does not exist gets
+the same one-line error everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import yaml
+
+from genrep.errors import DeviceError, UsageError, warn
+
+#: autocast dtypes by --precision name; fp32 runs without autocast
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+#: seconds of estimated CPU work above which a command warns that it runs without a GPU
+CPU_WARNING_SECONDS = 3600
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Helper processes per rank: the CPUs of this process shared by the local ranks, one kept for
+    the rank itself, at most 8."""
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, available_cpus() // local_ranks - 1))
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`auto` (or None): the rank's CUDA device when there is one, else the CPU; otherwise the named
+    device, checked to exist. Under torchrun, a bare `cuda` means `cuda:LOCAL_RANK`."""
+    name = (name or "auto").strip()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif device.type not in ("cpu", "mps"):
+        raise DeviceError(f"--device {name}: genrep runs on cpu or cuda, not {device.type}")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 on CUDA, fp32 elsewhere; otherwise the named precision, which must exist."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision {name!r}: choose auto or one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision (None: no autocast)."""
+    return PRECISIONS[precision]
+
+
+def warn_if_slow_on_cpu(device: torch.device, seconds: float, what: str) -> None:
+    """One warning line when a job estimated to take over an hour runs without a GPU."""
+    if device.type == "cpu" and seconds > CPU_WARNING_SECONDS:
+        warn(
+            f"{what} runs on the CPU and should take about {seconds / 3600:.1f} h; "
+            "a CUDA GPU (--device auto or cuda) is much faster"
+        )
+
+
+def common_options(
+    *, device: bool = False, precision: bool = False, workers: bool = False, progress: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the shared flags a command uses (place it below `@config_option`)."""
+    decorators = []
+    if device:
+        decorators.append(
+            click.option(
+                "--device",
+                default="auto",
+                show_default=True,
+                help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.",
+            )
+        )
+    if precision:
+        decorators.append(
+            click.option(
+                "--precision",
+                type=click.Choice(["auto", *PRECISIONS]),
+                default="auto",
+                show_default=True,
+                help="auto: bf16 autocast on CUDA, fp32 on CPU.",
+            )
+        )
+    if workers:
+        decorators.append(
+            click.option(
+                "--workers",
+                type=click.IntRange(min=0),
+                default=default_workers,
+                show_default="CPUs per rank - 1, at most 8",
+                help="Helper processes (image encoding or decoding) per rank.",
+            )
+        )
+    if progress:
+        decorators.append(
+            click.option(
+                "--progress/--no-progress",
+                default=True,
+                show_default=True,
+                help="Show a progress bar.",
+            )
+        )
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(decorators):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
+    if not path:
+        return path
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise click.BadParameter(f"cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a YAML mapping of flag names to values")
+    # A key may be the flag's name (`format`, `batch-size`) or its Python name (`batch_size`).
+    params = {}
+    for param in ctx.command.params:
+        if param.name and param.expose_value:
+            for name in (param.name, *(opt.lstrip("-") for opt in getattr(param, "opts", ()))):
+                params[name.replace("-", "_")] = param
+    defaults = {}
+    for key, value in data.items():
+        if str(key) == "out":
+            # A config file may come with a dataset or run from elsewhere: where to write is
+            # chosen on this command line (--out) or by the default, never by the file.
+            click.echo(f"note: {path}: ignoring out: {value} (pass --out to choose)", err=True)
+            continue
+        param = params.get(str(key).replace("-", "_"))
+        if param is None:
+            valid = sorted(
+                {
+                    p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
+                    for p in params.values()
+                }
+            )
+            raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if getattr(param, "multiple", False) and isinstance(value, dict):
+            value = [f"{k}={v}" for k, v in value.items()]  # a KEY=VALUE option as a mapping
+        defaults[param.name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+def config_option(command: Callable) -> Callable:
+    """Add `--config FILE` to a click command; it must be the outermost option decorator.
+
+    A YAML key sets the default of the flag of the same name (`batch-size` or `batch_size`); flags
+    given on the command line still win. Unknown keys are an error, so a typo never silently does
+    nothing; `out` is never taken from a file.
+    """
+    return click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML file whose keys set any of this command's flags (flags still win).",
+    )(command)
+
+
+def parse_key_values(
+    _ctx: click.Context | None, _param: click.Parameter | None, values: Any
+) -> dict[str, Any]:
+    """Click callback: repeated `KEY=VALUE` flags as a dict, values typed as YAML (`64` is an int)."""
+    options = {}
+    for item in values or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
+        options[key.replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
+class RegistryChoice(click.ParamType):
+    """A flag whose value names an entry of a registry; help and errors list the registered names,
+    which are read when needed, so an entry added to the registry shows up everywhere."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self.name = registry.kind
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(self.registry.canonical_names()) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from genrep.registry import RegistryError
+
+        try:
+            return self.registry.canonical(str(value))
+        except RegistryError as err:
+            self.fail(str(err), param, ctx)

@@ -1,0 +1,102 @@
+"""Loading `torch.save` files that someone else made, without ever running code from them.
+
+Checkpoints, backbones, walk files and generator weights are read only through `load_tensors`:
+`torch.load(weights_only=True)`, whose unpickler refuses every Python global that is not plain
+data, and one clear line when a file is refused. torch's own message advises retrying with
+`weights_only=False`; for a file from elsewhere that is the one thing never to do, so that advice
+is dropped and the line names the global the file asked for instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genrep.errors import CheckpointError, UserError, one_line
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER_DETAIL = re.compile(
+    r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|Check the documentation|$)", re.S
+)
+
+
+def refusal_reason(err: BaseException) -> str:
+    """Why torch refused or failed to read a file, in a few words (never torch's advice)."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = _GLOBAL.search(text)
+        if found:
+            return (
+                f"it asks for the Python global {found.group(1)}, which genrep never loads "
+                "(such a file can run code)"
+            )
+        detail = _UNPICKLER_DETAIL.search(text)
+        if detail:
+            return f"not a tensors-only file ({one_line(detail.group(1))[:160]})"
+        return "not a tensors-only file"
+    if isinstance(err, (EOFError, zipfile.BadZipFile)) or "PytorchStreamReader" in text:
+        return "truncated or not a torch.save file"
+    return f"unreadable ({type(err).__name__}: {one_line(text)[:160]})"
+
+
+def load_tensors(
+    path: str | os.PathLike,
+    *,
+    what: str,
+    advice: str,
+    error: type[UserError] = CheckpointError,
+    map_location: str | torch.device = "cpu",
+    safe_globals: Iterable[Any] = (),
+) -> Any:
+    """`torch.load(path, weights_only=True)`; any failure is one `error` naming the file.
+
+    `what` completes "PATH is not ..." (e.g. "a genrep-train checkpoint") and `advice` says what to
+    pass instead. `safe_globals` are plain-data classes a known format carries (they are still
+    rebuilt by the restricted unpickler, never called as code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise error(f"{path} {state}; {advice}")
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
+            warnings.simplefilter(
+                "ignore"
+            )  # torch warns about legacy formats; the error says it all
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a refused or corrupt file surfaces as many exception types
+        raise error(f"{path} is not {what}: {refusal_reason(err)}; {advice}") from None
+
+
+#: keys shown per kind of mismatch in a state-dict error
+_SHOWN_KEYS = 4
+
+
+def state_dict_mismatch(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]
+) -> str | None:
+    """What keeps `state` from loading strictly where `expected` is a module's state dict: missing
+    and unexpected keys and wrong shapes, a few of each, or None when it fits."""
+    shapes = [
+        f"{key} {tuple(state[key].shape)} (expected {tuple(value.shape)})"
+        for key, value in expected.items()
+        if key in state and getattr(state[key], "shape", None) != value.shape
+    ]
+    problems = []
+    for label, keys in (
+        ("missing", [key for key in expected if key not in state]),
+        ("unexpected", [key for key in state if key not in expected]),
+        ("wrong shape", shapes),
+    ):
+        if keys:
+            more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
+            problems.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+    return "; ".join(problems) or None
