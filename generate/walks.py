@@ -55,7 +55,7 @@ def draw_alphas(
     alphas = {}
     for name in EDIT_NAMES:
         if name in ranges:
-            edit = EDITS.get(name)()
+            edit = EDITS.build(name)
             drawn = edit.draw(rng, n, ranges[name])
             alphas.update({walk: drawn[:, j] for j, walk in enumerate(edit.walks)})
     return alphas
@@ -66,7 +66,7 @@ def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) 
     columns = []
     for name in EDIT_NAMES:
         if name in ranges:
-            edit = EDITS.get(name)()
+            edit = EDITS.build(name)
             alpha = np.stack([np.asarray(alphas[walk], np.float64) for walk in edit.walks], 1)
             columns.append(edit.coefficient(alpha, ranges[name]))
     return np.concatenate(columns, 1)

@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from genrep.errors import ShardFormatError
+
 # webdataset is imported inside the functions that use it: it imports torch, which encoder
 # processes (they only run `encode_images`) should not pay for.
 
@@ -32,10 +34,6 @@ TAR_MTIME = 0.0
 TAR_USER = "genrep"
 
 _NEIGHBOR_RE = re.compile(r"^neighbor_(\d+)\.(jpg|png|webp)$")
-
-
-class ShardFormatError(ValueError):
-    """A sample or shard that does not follow the format."""
 
 
 @dataclass

@@ -10,26 +10,25 @@ import click
 import numpy as np
 from PIL import Image
 
+from genrep.errors import DataError, Group, ShardFormatError
 from genrep.io import sha256_file
-from genrep.manifest import ManifestError, find_dataset, read_manifest
-from genrep.shards import ShardFormatError, decode_sample, iter_raw_samples
+from genrep.manifest import find_dataset, read_manifest
+from genrep.options import config_option
+from genrep.shards import decode_sample, iter_raw_samples
 
 
 def _dataset(folder: str) -> tuple[Path, dict[str, Any]]:
-    try:
-        path = find_dataset(folder)
-        manifest = read_manifest(path)
-    except ManifestError as err:
-        raise click.UsageError(str(err)) from None
-    return path, manifest
+    path = find_dataset(folder)
+    return path, read_manifest(path)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Inspect, verify and preview genrep shard folders."""
 
 
 @main.command()
+@config_option
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def inspect(folder: str) -> None:
     """Summarize a dataset: generator, view, size and shards."""
@@ -74,6 +73,7 @@ def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | Non
 
 
 @main.command()
+@config_option
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def verify(folder: str) -> None:
     """Check every shard's checksum and decode every sample; exit 1 naming each bad shard."""
@@ -96,10 +96,15 @@ def verify(folder: str) -> None:
 
 
 @main.command()
+@config_option
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
-@click.option("--rows", type=int, default=8, show_default=True, help="Anchors to show.")
-@click.option("--columns", type=int, default=None, help="Neighbors per row [default: all].")
+@click.option(
+    "--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Anchors to show."
+)
+@click.option(
+    "--columns", type=click.IntRange(min=0), default=None, help="Neighbors per row [default: all]."
+)
 def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
     """A contact sheet: each row an anchor followed by its neighbor views."""
     path, m = _dataset(folder)
@@ -113,7 +118,7 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
         if len(grid) == rows:
             break
     if not grid:
-        raise click.UsageError(f"{path} holds no samples yet")
+        raise DataError(f"{path} holds no samples yet")
     side, gap = m["image"]["size"], 2
     width = max(len(row) for row in grid)
     sheet = np.full((len(grid) * (side + gap) - gap, width * (side + gap) - gap, 3), 255, np.uint8)

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from genrep.errors import ManifestError
 from genrep.io import sha256_file
-from genrep.manifest import ManifestError, load_dataset, read_manifest
+from genrep.manifest import load_dataset, read_manifest
 from genrep.shards import ShardFormatError, decode_sample, iter_raw_samples
 from genrep.shards_cli import main as shards_main
 
@@ -89,10 +90,8 @@ def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
 
 def test_not_a_dataset_gives_one_clear_line(tmp_path):
     result = shards("verify", tmp_path)
-    assert (
-        result.exit_code == 2
-        and "has no manifest.json; pass a folder made by genrep-generate" in result.output
-    )
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "has no manifest.json; pass a folder made by genrep-generate" in result.output
 
 
 def test_newer_format_version_is_refused(dataset):

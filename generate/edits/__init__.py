@@ -7,7 +7,8 @@ when the composite transform brings it from inside the frame. The mask follows t
 image (a pixel is valid only if all its bilinear taps lie inside the incoming valid region), so
 out-of-frame regions never count in the loss.
 
-Step sizes alpha, per walk name (units are those of `UNITS`):
+Each edit is one module of this package (see `base.py`). Step sizes alpha, per walk name (units
+are those of `UNITS`):
 
 - shift_x / shift_y: fraction of the image width / height the content moves (right / down);
 - zoom: the crop/pad factor of Jahanian et al.: alpha < 1 crops the central alpha-sized window and
@@ -23,188 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genrep.registry import Registry
-
-
-class Edit:
-    """One pixel-space transformation T_i: how its step sizes are drawn, enter z, and act on pixels."""
-
-    #: names of the latent walks this edit owns (color owns one per channel)
-    walks: ClassVar[tuple[str, ...]]
-    #: alpha that leaves the image unchanged
-    identity: ClassVar[float] = 0.0
-    #: largest |alpha| (zoom: largest factor) drawn when none is given (GenRep's values, App. B)
-    default_range: ClassVar[float]
-    #: position in the composition T = T_shift o T_zoom o T_rot2d o T_rot3d o T_color (as in GenRep)
-    order: ClassVar[int]
-    #: what alpha measures
-    unit: ClassVar[str]
-
-    @classmethod
-    def check_range(cls, value: float) -> None:
-        if not value > 0:
-            raise ValueError(f"the {cls.walks[0].split('_')[0]} range must be > 0, got {value}")
-
-    def draw(self, rng: np.random.Generator, n: int, max_step: float) -> np.ndarray:
-        """n x len(walks) step sizes, uniform in [-max_step, max_step]."""
-        return rng.uniform(-max_step, max_step, (n, len(self.walks)))
-
-    def coefficient(self, alpha: np.ndarray, max_step: float) -> np.ndarray:
-        """The step along the latent walk for pixel-space step `alpha` (1 at the largest step)."""
-        return alpha / max_step
-
-    def matrix(self, alpha: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
-        """B x 3 x 3 homography taking source pixels to edited pixels, or None (not geometric)."""
-        return None
-
-    def offset(self, alpha: torch.Tensor) -> torch.Tensor | None:
-        """B x 3 per-channel offset, or None (not a color edit)."""
-        return None
-
-
-EDITS: Registry[type[Edit]] = Registry("steering transformation")
-
-
-def _matrices(alpha: torch.Tensor) -> torch.Tensor:
-    return torch.eye(3, dtype=torch.float64, device=alpha.device).repeat(len(alpha), 1, 1)
-
-
-@EDITS.register("shift_x")
-class ShiftX(Edit):
-    walks = ("shift_x",)
-    default_range = 0.4  # GenRep: +-100 px of 256
-    order = 4
-    unit = "fraction of the width, + moves content right"
-
-    @classmethod
-    def check_range(cls, value: float) -> None:
-        if not 0 < value < 1:
-            raise ValueError(
-                f"the shift range is a fraction of the image side in (0, 1), got {value}"
-            )
-
-    def matrix(self, alpha, height, width):
-        m = _matrices(alpha)
-        m[:, 0, 2] = alpha[:, 0] * width
-        return m
-
-
-@EDITS.register("shift_y")
-class ShiftY(ShiftX):
-    walks = ("shift_y",)
-    order = 5
-    unit = "fraction of the height, + moves content down"
-
-    def matrix(self, alpha, height, width):
-        m = _matrices(alpha)
-        m[:, 1, 2] = alpha[:, 0] * height
-        return m
-
-
-@EDITS.register("zoom")
-class Zoom(Edit):
-    walks = ("zoom",)
-    identity = 1.0
-    default_range = 4.0  # Jahanian et al. 2020 and GenRep: alpha in [1/4, 4]
-    order = 3
-    unit = "crop (<1, zoom in) or pad (>1, zoom out) factor"
-
-    @classmethod
-    def check_range(cls, value: float) -> None:
-        if not value > 1:
-            raise ValueError(f"the zoom range is the largest factor, > 1, got {value}")
-
-    def draw(self, rng, n, max_step):
-        # As in Jahanian et al.: zoom in or out with equal odds, uniform within each side.
-        zoom_out = rng.random(n) < 0.5
-        inside = rng.random(n)
-        alpha = np.where(
-            zoom_out, 1 + inside * (max_step - 1), 1 / max_step + inside * (1 - 1 / max_step)
-        )
-        return alpha[:, None]
-
-    def coefficient(self, alpha, max_step):
-        return np.log(alpha)
-
-    def matrix(self, alpha, height, width):
-        m = _matrices(alpha)
-        m[:, 0, 0] = m[:, 1, 1] = 1 / alpha[:, 0]
-        return m
-
-
-@EDITS.register("rotate_2d", aliases=["rot2d"])
-class Rotate2D(Edit):
-    walks = ("rotate_2d",)
-    default_range = 30.0  # GenRep: +-30 degrees
-    order = 2
-    unit = "degrees, counter-clockwise"
-
-    @classmethod
-    def check_range(cls, value: float) -> None:
-        if not 0 < value <= 180:
-            raise ValueError(f"the 2D rotation range is in degrees, in (0, 180], got {value}")
-
-    def matrix(self, alpha, height, width):
-        theta = torch.deg2rad(alpha[:, 0].double())
-        m = _matrices(alpha)
-        # y points down, so a counter-clockwise turn on screen is (x, y) -> (x c + y s, -x s + y c).
-        m[:, 0, 0], m[:, 0, 1] = torch.cos(theta), torch.sin(theta)
-        m[:, 1, 0], m[:, 1, 1] = -torch.sin(theta), torch.cos(theta)
-        return m
-
-
-@EDITS.register("rotate_3d", aliases=["rot3d"])
-class Rotate3D(Edit):
-    walks = ("rotate_3d",)
-    default_range = 60.0  # GenRep: +-60 degrees
-    order = 1
-    unit = "degrees about the vertical axis"
-
-    @classmethod
-    def check_range(cls, value: float) -> None:
-        if not 0 < value < 90:
-            raise ValueError(f"the 3D rotation range is in degrees, in (0, 90), got {value}")
-
-    def matrix(self, alpha, height, width):
-        phi = torch.deg2rad(alpha[:, 0].double())
-        focal = math.hypot(height, width) / 2
-        m = _matrices(alpha)
-        # The plane point (x, y, 0) turns to (x cos, y, x sin), sits at depth `focal` and is
-        # projected with that focal length: x' = f x cos / (x sin + f), y' = f y / (x sin + f).
-        m[:, 0, 0] = focal * torch.cos(phi)
-        m[:, 1, 1] = focal
-        m[:, 2, 0] = torch.sin(phi)
-        m[:, 2, 2] = focal
-        return m
-
-
-@EDITS.register("color")
-class Color(Edit):
-    walks = ("color_r", "color_g", "color_b")
-    default_range = 0.5  # Jahanian et al. and GenRep: uniform in [-0.5, 0.5) per channel
-    order = 0
-    unit = "offset of the channel in [-1, 1] units"
-
-    def coefficient(self, alpha, max_step):
-        return alpha
-
-    def offset(self, alpha):
-        return alpha
-
+from genrep.generate.edits.base import EDITS, Edit, edit_names
 
 #: canonical edit names, in composition order
-EDIT_NAMES: tuple[str, ...] = tuple(
-    sorted(
-        (name for name in EDITS.names() if EDITS.canonical(name) == name),
-        key=lambda name: EDITS.get(name).order,
-    )
-)
+EDIT_NAMES: tuple[str, ...] = edit_names()
 #: walk name -> unit of its alpha
 UNITS: dict[str, str] = {
     walk: EDITS.get(name).unit for name in EDIT_NAMES for walk in EDITS.get(name).walks
@@ -241,7 +69,7 @@ def compose(
     matrix = torch.eye(3, dtype=torch.float64, device=device).repeat(batch, 1, 1)
     offset = torch.zeros(batch, 3, dtype=torch.float64, device=device)
     for name in EDIT_NAMES:
-        edit = EDITS.get(name)()
+        edit = EDITS.build(name)
         if not any(w in alphas for w in edit.walks):
             continue
         alpha = _edit_alphas(edit, alphas, batch, device)
