@@ -53,7 +53,13 @@ def _reference(config: dict, seed: int = 0) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "name, truncation, batch",
-    [("biggan-deep-128", 0.4, 2), ("biggan-deep-256", 1.0, 1), ("biggan-deep-512", 0.6, 1)],
+    [
+        ("biggan-deep-128", 0.4, 2),
+        ("biggan-deep-128", 0.415, 1),  # between grid points: the reference's own mixing
+        ("biggan-deep-128", 0.58, 1),
+        ("biggan-deep-256", 1.0, 1),
+        ("biggan-deep-512", 0.6, 1),
+    ],
 )
 def test_outputs_match_reference(name, truncation, batch, tmp_path):
     config = {**read_json(f"{name}-config.json"), "channel_width": 4}
@@ -62,8 +68,6 @@ def test_outputs_match_reference(name, truncation, batch, tmp_path):
     torch.save(reference.state_dict(), path)
     z = torch.randn(batch, 128).clamp(-2, 2) * truncation  # z ~ truncation * N_t(0, 1, 2)
     classes = torch.tensor([15, 994][:batch])
-    # `truncation` is a grid point of the statistics table, where the reference selects exactly
-    # (between grid points it swaps the interpolation weights; see the next tests).
     ours = load_biggan_deep(path, config, bn_truncation=truncation)
     with torch.no_grad():
         expected = reference(z, torch.eye(1000)[classes], truncation)
@@ -86,17 +90,18 @@ def test_published_layouts_fit_full_size_network(name):
     assert (ours.z_dim, ours.num_classes, ours.resolution) == (128, 1000, config["output_dim"])
 
 
-def test_statistics_between_grid_points_are_interpolated(tmp_path):
+def test_statistics_between_grid_points_follow_the_reference(tmp_path):
     config = {**read_json("biggan-deep-128-config.json"), "channel_width": 4}
     path = tmp_path / "pytorch_model.bin"
     torch.save(_reference(config).state_dict(), path)
-    model = load_biggan_deep(path, config, bn_truncation=0.41)  # halfway between rows 20 and 21
+    model = load_biggan_deep(path, config, bn_truncation=0.415)  # 0.415 / 0.02 = 20.75
     bn = model.generator.layers[0].bn_0
-    mean = (bn.running_means[20] + bn.running_means[21]) / 2
-    var = (bn.running_vars[20] + bn.running_vars[21]) / 2
+    mean = bn.running_means[20] * 0.75 + bn.running_means[21] * 0.25  # as the reference: swapped
+    var = bn.running_vars[20] * 0.75 + bn.running_vars[21] * 0.25
     torch.testing.assert_close(bn.inv_std, torch.rsqrt(var + 1e-4))
     torch.testing.assert_close(bn.shift, -mean * torch.rsqrt(var + 1e-4))
-    assert bn_statistics_index(0.3, 51) == (15, 0.0)  # 0.3 / 0.02 = 14.999... is row 15
+    row, weight = bn_statistics_index(0.58, 51)  # 0.58 / 0.02 = 28.999...: modf floors it
+    assert row == 28 and weight < 1e-9  # so 0.58 uses the statistics of 0.56, as the reference
     assert bn_statistics_index(1.0, 51) == (50, 0.0)
 
 

@@ -9,7 +9,7 @@ Batch-norm statistics. DeepMind stored per-layer statistics for 51 truncations t
 (step 0.02), each measured on z = t * N_t(0, 1, 2). The paper's anchors are z ~ N_t(0, 1, 2) (its
 "truncation 2.0"), i.e. t = 1 in this convention, which is what its code passed to the network
 (`model(z, y, 1.0)`): the model option `bn_truncation` defaults to 1.0. Between grid points the
-statistics are linearly interpolated.
+statistics are mixed exactly as pytorch_pretrained_biggan mixes them (`bn_statistics_index`).
 """
 
 from __future__ import annotations
@@ -48,15 +48,20 @@ def weights_spec(name: str) -> WeightsSpec:
 
 
 def bn_statistics_index(truncation: float, n_stats: int) -> tuple[int, float]:
-    """Row of the statistics table below `truncation` and the weight of the next row."""
-    if not 0 < truncation <= 1:
+    """Row i of the statistics table for `truncation` and the weight w of row i + 1.
+
+    Exactly as pytorch_pretrained_biggan (which the paper's code ran): `coef, i = modf(t / step)`
+    and the statistics are `row[i] * coef + row[i + 1] * (1 - coef)`, so w = 1 - coef. That swaps
+    the weights of a linear interpolation (t just above grid point i mostly uses row i + 1), and
+    0.58 / 0.02 = 28.999... is row 28 (the statistics of 0.56); it is kept so that datasets match
+    the released ones.
+    """
+    if not (math.isfinite(truncation) and 0 < truncation <= 1):
         raise UsageError(f"bn_truncation must lie in (0, 1], got {truncation}")
-    position = truncation * (n_stats - 1)
-    nearest = round(position)
-    if abs(position - nearest) < 1e-6:  # on the grid (0.3 / 0.02 is 14.999...)
-        return nearest, 0.0
-    low = math.floor(position)
-    return low, position - low
+    coef, row = math.modf(truncation / (1.0 / (n_stats - 1)))
+    if coef == 0.0:
+        return int(row), 0.0
+    return int(row), 1.0 - coef
 
 
 class ConditionalBatchNorm(nn.Module):
