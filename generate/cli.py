@@ -12,7 +12,7 @@ import click
 from genrep.errors import Command, OutputError
 from genrep.generate.edits import EDIT_NAMES, EDITS
 from genrep.generate.models import GENERATORS, build_generator
-from genrep.generate.pipeline import RESIZE_MODES, generate, make_plan
+from genrep.generate.pipeline import DEFAULT_CROP, generate, make_plan
 from genrep.generate.steer import LR_SCHEDULES, OPTIMIZERS, SteerConfig, learn_walks
 from genrep.generate.views import VIEWS
 from genrep.generate.walks import cached_walks_path
@@ -23,7 +23,7 @@ from genrep.options import (
     parse_key_values,
     resolve_device,
 )
-from genrep.shards import IMAGE_FORMATS
+from genrep.shards import FRAMES, IMAGE_FORMATS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -103,12 +103,22 @@ def generator_options(command: Callable) -> Callable:
     "For the embedded model, K makes it class-conditional with K classes.",
 )
 @click.option("--per-class", type=int, default=None, help="Anchors per class (sets --n).")
-@click.option("--size", type=int, default=128, help="Stored image side in pixels.")
 @click.option(
+    "--frame",
     "--resize",
-    type=click.Choice(RESIZE_MODES),
-    default="center-crop",
-    help="center-crop: central square of the native output (App. A); resize: short side first.",
+    "frame",
+    type=click.Choice(FRAMES),
+    default="full",
+    help="What each stored image is: full (the whole generated frame, App. A: Tx crops from all "
+    "of it), center-crop (its central --size square: Tz-only inputs), resize (short side to "
+    "--size, then the central square). --resize is the name of format version 1.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="full: scale the short side down to this [default: native]; center-crop/resize: the "
+    f"square's side [default: {DEFAULT_CROP}].",
 )
 @click.option("--format", "format_", type=click.Choice(IMAGE_FORMATS), default="jpg")
 @click.option("--quality", type=int, default=95, help="jpg/webp quality.")

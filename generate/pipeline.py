@@ -35,6 +35,7 @@ from genrep.latents import sample_rng, truncated_normal
 from genrep.manifest import check_identity, new_manifest, read_manifest, update_manifest
 from genrep.options import autocast_dtype, resolve_device, resolve_precision
 from genrep.shards import (
+    FRAMES,
     IMAGE_FORMATS,
     encode_images,
     encode_sample,
@@ -42,7 +43,9 @@ from genrep.shards import (
     write_shard,
 )
 
-RESIZE_MODES = ("center-crop", "resize")
+#: side of the square that --frame center-crop/resize store unless --size says otherwise (the
+#: paper's 128 px training images)
+DEFAULT_CROP = 128
 
 
 @dataclass
@@ -56,8 +59,9 @@ class Plan:
     classes: list[int] | None
     truncation: float | None
     seed: int
-    size: int
-    resize: str
+    frame: str
+    #: (height, width) of the stored images
+    stored: tuple[int, int]
     image_format: str
     quality: int
     shard_size: int
@@ -91,9 +95,14 @@ class Plan:
         )
 
     def image_info(self) -> dict[str, Any]:
+        """The manifest's `image`: what is stored, and the native frame it comes from."""
+        native_height, native_width = self.generator.frame
         return {
-            "size": self.size,
-            "resize": self.resize,
+            "width": self.stored[1],
+            "height": self.stored[0],
+            "frame": self.frame,
+            "native_width": native_width,
+            "native_height": native_height,
             "format": self.image_format,
             "quality": self.quality,
         }
@@ -155,14 +164,11 @@ def make_plan(
     if view.has_neighbors and neighbors < 1:
         raise UsageError(f"--neighbors must be >= 1 for view {view.name!r}, got {neighbors}")
 
-    size, fmt = options.get("size", 128), options.get("format", "jpg")
-    if size <= 0:
-        raise UsageError(f"--size must be > 0, got {size}")
+    fmt = options.get("format", "jpg")
     if fmt not in IMAGE_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(IMAGE_FORMATS)}")
-    resize = options.get("resize", "center-crop")
-    if resize not in RESIZE_MODES:
-        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+    frame = options.get("frame") or "full"
+    stored = stored_size(frame, options.get("size"), generator.frame)
     quality = options.get("quality", 95)
     if not 1 <= quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {quality}")
@@ -178,8 +184,8 @@ def make_plan(
         classes=classes,
         truncation=truncation,
         seed=options.get("seed", 0),
-        size=size,
-        resize=resize,
+        frame=frame,
+        stored=stored,
         image_format=fmt,
         quality=quality,
         shard_size=shard_size,
@@ -198,28 +204,55 @@ def sample_latents(plan: Plan, index: int) -> tuple[np.ndarray, int | None, np.n
     return z, label, np.asarray(neighbor_z, np.float32).reshape(plan.neighbors, z.shape[0]), params
 
 
-def to_uint8(images: torch.Tensor, size: int, resize: str) -> np.ndarray:
-    """[-1, 1] NCHW images -> N x size x size x 3 uint8, cropped or resized as App. A describes."""
+def stored_size(frame: str, size: int | None, native: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the stored images for `--frame`/`--size` and a native (h, w) frame.
+
+    full: the whole frame, its short side scaled down to `size` if given (never up); center-crop:
+    the central `size` square (App. A's Tz-only input); resize: the short side scaled to `size`,
+    then the central square.
+    """
+    if frame not in FRAMES:
+        raise UsageError(f"--frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be > 0, got {size}")
+    height, width = native
+    if frame == "full":
+        if size is None:
+            return native
+        if size > min(height, width):
+            raise UsageError(
+                f"--size {size} would enlarge the generator's {width}x{height} frame; store it "
+                "at its native size (no --size) or pass a smaller --size"
+            )
+        scale = size / min(height, width)
+        return (max(size, round(height * scale)), max(size, round(width * scale)))
+    side = DEFAULT_CROP if size is None else size
+    if frame == "center-crop" and side > min(height, width):
+        raise UsageError(
+            f"the generator's {width}x{height} output is smaller than --size {side}; "
+            "use --frame resize or a smaller --size"
+        )
+    return (side, side)
+
+
+def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> np.ndarray:
+    """[-1, 1] NCHW images -> N x H x W x 3 uint8 of the stored size (see `stored_size`)."""
     images = images.float()
     height, width = images.shape[-2:]
-    if resize == "resize":  # short side to `size`, then the central square
-        scale = size / min(height, width)
-        if scale != 1:
-            images = F.interpolate(
-                images,
-                size=(max(size, round(height * scale)), max(size, round(width * scale))),
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )
-            height, width = images.shape[-2:]
-    elif min(height, width) < size:
-        raise UsageError(
-            f"the generator's {height}x{width} output is smaller than --size {size}; "
-            "use --resize resize or a smaller --size"
+    if frame == "full":
+        target = stored
+    elif frame == "resize":  # short side to the square's side, then the central square
+        scale = stored[0] / min(height, width)
+        target = (max(stored[0], round(height * scale)), max(stored[0], round(width * scale)))
+    else:
+        target = (height, width)
+    if target != (height, width):
+        images = F.interpolate(
+            images, size=target, mode="bilinear", antialias=True, align_corners=False
         )
-    top, left = (height - size) // 2, (width - size) // 2
-    images = images[..., top : top + size, left : left + size]
+        height, width = target
+    top, left = (height - stored[0]) // 2, (width - stored[1]) // 2
+    images = images[..., top : top + stored[0], left : left + stored[1]]
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
@@ -317,7 +350,7 @@ class ShardGenerator:
             images = self._forward(
                 z_all[start:stop], None if labels is None else labels[start:stop]
             )
-            pixels = to_uint8(images, plan.size, plan.resize)
+            pixels = to_uint8(images, plan.frame, plan.stored)
             if pool is None:
                 job.parts.append(encode_images(pixels, plan.image_format, plan.quality))
             else:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from genrep.io import atomic_write_bytes
-from genrep.shards import FORMAT_NAME
+from genrep.shards import FORMAT_NAME, stored_frame
 
 CARD = "README.md"
 
@@ -33,6 +33,7 @@ def size_category(n: int) -> str:
 def card_text(name: str, manifest: dict[str, Any]) -> str:
     """The card of the dataset `name` described by `manifest`."""
     g, image, view = manifest["generator"], manifest["image"], manifest["view"]
+    frame = stored_frame(manifest)
     n, neighbors = manifest["n"], manifest["neighbors"]
     classes = manifest["classes"]
     return f"""---
@@ -56,7 +57,7 @@ configs:
 
 A multiview dataset made by genrep (format {FORMAT_NAME} v{manifest["format_version"]}): {n} anchor
 images from the generator `{g["name"]}` and {neighbors} neighbor view(s) per anchor made with the
-latent view `{view["name"]}` ({n * (1 + neighbors)} images of {image["size"]}x{image["size"]} px,
+latent view `{view["name"]}` ({n * (1 + neighbors)} images of {frame.describe()},
 {image["format"]}), in {manifest["num_shards"]} webdataset shards.
 
 - generator weights sha256: `{g["weights_sha256"]}`

@@ -21,7 +21,7 @@ from genrep.card import write_card
 from genrep.config import save_config, to_plain
 from genrep.errors import ManifestError, OutputError
 from genrep.io import atomic_write_bytes, locked, sha256_file
-from genrep.shards import FORMAT_NAME, FORMAT_VERSION, shard_name
+from genrep.shards import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, shard_name
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -46,9 +46,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
     if manifest.get("format") != FORMAT_NAME:
         raise ManifestError(f"{path} is not a {FORMAT_NAME} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ManifestError(
-            f"{path} has format version {version}; this genrep reads version {FORMAT_VERSION}: "
+            f"{path} has format version {version}; this genrep reads versions {readable}: "
             "install the genrep release that matches the dataset"
         )
     return manifest
@@ -116,6 +117,12 @@ def dataset_lock(folder: str | Path) -> Iterator[None]:
 def check_identity(folder: str | Path, manifest: dict[str, Any], identity: dict[str, Any]) -> None:
     """Refuse to add to a dataset made with another configuration (`identity`: everything that
     decides the dataset's bytes)."""
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise OutputError(
+            f"{folder} holds a dataset of format version {manifest.get('format_version')}; this "
+            f"genrep writes version {FORMAT_VERSION}: finish it with the genrep release that "
+            "started it, or pass another --out"
+        )
     held = manifest.get("identity")
     if held != identity:
         held = held if isinstance(held, dict) else {}

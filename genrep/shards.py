@@ -25,7 +25,10 @@ from genrep.errors import ShardFormatError
 
 #: Bumped on any change a reader could notice; readers refuse versions they do not know.
 FORMAT_NAME = "genrep-shards"
-FORMAT_VERSION = 1
+#: the version this genrep writes
+FORMAT_VERSION = 2
+#: the versions this genrep reads (shards/README.md, "Version history")
+READABLE_VERSIONS = (1, 2)
 IMAGE_FORMATS = ("jpg", "png", "webp")
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_RE = re.compile(r"^shard-(\d{6,})\.tar$")
@@ -47,6 +50,50 @@ class Sample:
     latent: np.ndarray | None = None
     neighbor_latents: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+#: what a stored image is: the whole native frame (possibly downscaled), its central square, or
+#: its central square after the short side was resized (format version 1's two modes)
+FRAMES = ("full", "center-crop", "resize")
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """The size and kind of the images a dataset stores, and the generator's native frame."""
+
+    width: int
+    height: int
+    frame: str
+    native_width: int
+    native_height: int
+
+    @property
+    def full(self) -> bool:
+        """Whether each image is the whole generated frame (App. A: Tx crops from all of it)."""
+        return self.frame == "full"
+
+    @property
+    def short_side(self) -> int:
+        return min(self.width, self.height)
+
+    def describe(self) -> str:
+        what = "full frame" if self.full else f"{self.frame} of the native frame"
+        return f"{self.width}x{self.height} px ({what}, native {self.native_width}x{self.native_height})"
+
+
+def stored_frame(manifest: dict[str, Any]) -> StoredFrame:
+    """The stored frame of a dataset, for every readable format version."""
+    image = manifest["image"]
+    if manifest["format_version"] == 1:  # square images of `size`, cropped or resized
+        side, native = int(image["size"]), int(manifest["generator"]["resolution"])
+        return StoredFrame(side, side, str(image["resize"]), native, native)
+    return StoredFrame(
+        int(image["width"]),
+        int(image["height"]),
+        str(image["frame"]),
+        int(image["native_width"]),
+        int(image["native_height"]),
+    )
 
 
 def sample_key(index: int) -> str:

@@ -14,7 +14,10 @@ from genrep.errors import DataError, Group, ShardFormatError
 from genrep.io import sha256_file
 from genrep.manifest import find_dataset, read_manifest
 from genrep.options import config_option
-from genrep.shards import decode_sample, iter_raw_samples
+from genrep.shards import decode_sample, iter_raw_samples, stored_frame
+
+#: largest side of an image in a contact sheet, in pixels
+PREVIEW_CELL = 256
 
 
 def _dataset(folder: str) -> tuple[Path, dict[str, Any]]:
@@ -34,6 +37,7 @@ def inspect(folder: str) -> None:
     """Summarize a dataset: generator, view, size and shards."""
     path, m = _dataset(folder)
     g, image = m["generator"], m["image"]
+    frame = stored_frame(m)
     samples = sum(entry["samples"] for entry in m["shards"])
     size = sum(entry["bytes"] for entry in m["shards"])
     lines = [
@@ -44,7 +48,7 @@ def inspect(folder: str) -> None:
         f"  weights sha256={g['weights_sha256'][:16]}",
         f"view        {m['view']['name']}  {m['view']['params']}  neighbors={m['neighbors']}",
         f"anchors     {samples} of {m['n']}  (seed {m['seed']}, truncation {m['truncation']})",
-        f"images      {image['size']}px {image['format']} q{image['quality']} ({image['resize']})",
+        f"images      {frame.describe()}, {image['format']} q{image['quality']}",
         f"shards      {len(m['shards'])} of {m['num_shards']}, {size / 2**20:.1f} MiB",
     ]
     click.echo("\n".join(lines))
@@ -119,12 +123,16 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
             break
     if not grid:
         raise DataError(f"{path} holds no samples yet")
-    side, gap = m["image"]["size"], 2
+    frame, gap = stored_frame(m), 2
+    scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
+    cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
     width = max(len(row) for row in grid)
-    sheet = np.full((len(grid) * (side + gap) - gap, width * (side + gap) - gap, 3), 255, np.uint8)
+    sheet = np.full(
+        (len(grid) * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8
+    )
     for r, row in enumerate(grid):
         for c, image in enumerate(row):
-            y, x = r * (side + gap), c * (side + gap)
-            sheet[y : y + side, x : x + side] = np.asarray(image.resize((side, side)))
+            y, x = r * (cell_h + gap), c * (cell_w + gap)
+            sheet[y : y + cell_h, x : x + cell_w] = np.asarray(image.resize((cell_w, cell_h)))
     Image.fromarray(sheet).save(out)
     click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,22 @@ def make_dataset(tmp_path):
         return out
 
     return make
+
+
+def as_format_v1(folder: Path) -> Path:
+    """Rewrite the manifest of a `--frame center-crop` dataset as format version 1 wrote it (the
+    shards are the same in both versions), to test that readers still accept version 1."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    image = manifest["image"]
+    assert image["frame"] in ("center-crop", "resize") and image["width"] == image["height"]
+    manifest["format_version"] = 1
+    manifest["image"] = {
+        "size": image["width"],
+        "resize": image["frame"],
+        "format": image["format"],
+        "quality": image["quality"],
+    }
+    del manifest["generator"]["frame"]
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return folder

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_generate
+from PIL import Image
 
 from genrep.errors import UsageError
 from genrep.generate.models import build_generator
@@ -38,18 +39,21 @@ def test_dataset_layout_manifest_and_card(make_dataset):
     out = make_dataset("ds", "--n", "10", "--shard-size", "4", "--seed", "3")
     manifest, paths = load_dataset(out)
     assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
-    assert manifest["complete"] and manifest["format_version"] == 1
+    assert manifest["complete"] and manifest["format_version"] == 2
     assert (
         manifest["generator"]["name"] == "embedded"
         and len(manifest["generator"]["weights_sha256"]) == 64
     )
     assert manifest["view"] == {"name": "gaussian", "params": {"sigma": 0.2, "truncation": 2.0}}
     assert manifest["seed"] == 3 and manifest["n"] == 10
-    assert manifest["image"] == {
-        "size": 32,
+    assert manifest["image"] == {  # the whole 128 px frame, scaled down by --size 32
+        "width": 32,
+        "height": 32,
+        "frame": "full",
+        "native_width": 128,
+        "native_height": 128,
         "format": "jpg",
         "quality": 95,
-        "resize": "center-crop",
     }
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
     for entry in manifest["shards"]:
@@ -91,8 +95,9 @@ def test_samples_hold_views_latents_and_metadata(make_dataset):
         assert 0.1 < offset.std() < 0.3  # sigma 0.2 for an unconditional model
         assert np.abs(offset).max() <= 0.2 * 1.0 + 1e-6
         assert sample.label is None and sample.meta["index"] == int(sample.key)
-        # The stored latent regenerates the stored anchor (up to JPEG loss).
-        image = generator(torch.from_numpy(sample.latent)[None])[0, :, 48:80, 48:80]
+        # The stored latent regenerates the stored anchor (up to JPEG loss and --size 32).
+        image = generator(torch.from_numpy(sample.latent)[None])
+        image = torch.nn.functional.interpolate(image, size=32, mode="bilinear", antialias=True)[0]
         stored = torch.from_numpy(np.array(sample.anchor)).permute(2, 0, 1) / 127.5 - 1
         assert (image - stored).abs().mean() < 0.05
 
@@ -125,15 +130,24 @@ def test_image_formats(make_dataset, fmt):
     assert samples(out)[0].anchor.size == (40, 40)
 
 
-def test_center_crop_is_the_central_square_and_resize_keeps_the_whole_image(make_dataset):
-    crop = samples(make_dataset("crop", "--n", "1", "--format", "png"))[0]
-    resized = samples(make_dataset("resize", "--n", "1", "--format", "png", "--resize", "resize"))[
-        0
-    ]
-    full = samples(make_dataset("full", "--n", "1", "--format", "png", "--size", "128"))[0]
-    assert np.array_equal(np.asarray(crop.anchor), np.asarray(full.anchor)[48:80, 48:80])
-    small = np.asarray(full.anchor.resize((32, 32), 2)).astype(float)  # bilinear
-    assert np.abs(np.asarray(resized.anchor).astype(float) - small).mean() < 12
+def test_frames_full_scaled_center_crop_and_resize(make_dataset, tmp_path):
+    def anchor(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / name
+        run_generate("--n", "1", "--format", "png", "--workers", "0", "--out", str(out), *flags)
+        return np.asarray(samples(out)[0].anchor).astype(float)
+
+    full = anchor("full")  # the default: the whole native frame
+    assert full.shape == (128, 128, 3)
+    crop = anchor("crop", "--frame", "center-crop", "--size", "32")
+    assert np.array_equal(crop, full[48:80, 48:80])
+    small = np.asarray(Image.fromarray(full.astype(np.uint8)).resize((32, 32), 2)).astype(float)
+    for name, flags in [("scaled", ()), ("resize", ("--frame", "resize"))]:
+        # full frame scaled to short side 32, and v1's resize mode, are both the whole image
+        assert np.abs(anchor(name, "--size", "32", *flags) - small).mean() < 12
+    assert anchor("v1-name", "--resize", "center-crop", "--size", "32").tolist() == crop.tolist()
+    manifest = read_manifest(tmp_path / "crop")
+    assert manifest["image"]["frame"] == "center-crop"
+    assert (manifest["image"]["width"], manifest["image"]["native_width"]) == (32, 128)
 
 
 def test_same_command_is_byte_identical_for_any_workers_and_batch_size(make_dataset):
@@ -313,7 +327,8 @@ def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
         (["--view", "none", "--sigma", "0.5"], "view 'none' does not take --sigma"),
         (["--classes", "3", "--per-class", "2", "--n", "7"], "--n 7 disagrees with --per-class 2"),
         (["--classes", "two"], "--classes for the embedded generator is a number of classes K"),
-        (["--size", "256"], "smaller than --size 256"),
+        (["--size", "256"], "--size 256 would enlarge the generator's 128x128 frame"),
+        (["--frame", "center-crop", "--size", "256"], "smaller than --size 256"),
         (["--shards", "5"], "is not START:STOP"),
         (["--per-class", "3"], "--per-class needs a class-conditional model"),
         (["--truncation", "-1"], "--truncation must be a finite number > 0"),

@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 from click.testing import CliRunner
+from conftest import as_format_v1
 from PIL import Image
 
 from genrep.errors import ManifestError
@@ -32,6 +33,25 @@ def test_inspect_summarizes(dataset):
     assert result.exit_code == 0
     assert "embedded" in result.output and "gaussian" in result.output
     assert "anchors     6 of 6" in result.output and "shards      3 of 3" in result.output
+
+
+def test_format_version_1_is_still_read(make_dataset, tmp_path):
+    folder = as_format_v1(make_dataset("v1", "--n", "4", "--frame", "center-crop", "--size", "24"))
+    result = shards("inspect", folder)
+    assert result.exit_code == 0, result.output
+    assert (
+        "v1" in result.output
+        and "24x24 px (center-crop of the native frame, native 128x128)" in result.output
+    )
+    assert shards("verify", folder).exit_code == 0
+    assert shards("preview", folder, "--out", tmp_path / "p.png").exit_code == 0
+    with Image.open(tmp_path / "p.png") as sheet:
+        assert sheet.size == (2 * 24 + 2, 4 * 24 + 3 * 2)
+
+
+def test_inspect_shows_the_stored_frame(dataset):
+    result = shards("inspect", dataset)
+    assert "images      32x32 px (full frame, native 128x128), jpg q95" in result.output
 
 
 def test_verify_accepts_a_good_dataset(dataset):
@@ -98,7 +118,7 @@ def test_newer_format_version_is_refused(dataset):
     manifest = read_manifest(dataset)
     manifest["format_version"] = 99
     (dataset / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="format version 99; this genrep reads version 1"):
+    with pytest.raises(ManifestError, match="format version 99; this genrep reads versions 1, 2"):
         load_dataset(dataset)
 
 

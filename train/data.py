@@ -37,6 +37,7 @@ from genrep.shards import (
     ShardFormatError,
     decode_sample,
     iter_raw_samples,
+    stored_frame,
 )
 from genrep.train.transforms import Transform
 
@@ -176,7 +177,7 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
     summary = {
         "name": "+".join(names),
         "size": sum(counts),
-        "image_size": max(int(m["image"]["size"]) for m in manifests),
+        "image_size": max(stored_frame(m).short_side for m in manifests),
         "neighbors": min(int(m.get("neighbors") or 0) for m in manifests),
         "z_dim": z_dims.pop() if len(z_dims) == 1 else None,
         "classes": classes,

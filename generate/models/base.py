@@ -20,8 +20,8 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry(
 class Generator(nn.Module):
     """G: (z, y) -> images in [-1, 1], NCHW float, at the generator's native resolution.
 
-    Subclasses set the attributes below and implement `forward`. Images may be non-square (the
-    pipeline center-crops or resizes them to the requested size, App. A of the paper).
+    Subclasses set the attributes below and implement `forward`. Images may be non-square (see
+    `frame`); datasets store the whole frame by default (App. A of the paper).
     """
 
     #: registry name the generator was built under (set by `build_generator`)
@@ -30,7 +30,7 @@ class Generator(nn.Module):
     z_dim: int
     #: number of classes; 0 for an unconditional generator
     num_classes: int = 0
-    #: side of the (square) native output, before any crop
+    #: side of the (square) native output, before any crop the generator makes (see `frame`)
     resolution: int
     #: truncation t of the anchor latent z ~ N_t(0, 1, t); None means untruncated
     default_truncation: ClassVar[float | None] = None
@@ -52,6 +52,12 @@ class Generator(nn.Module):
         return tensor.device
 
     @property
+    def frame(self) -> tuple[int, int]:
+        """(height, width) of what `forward` returns: the native frame (square unless a generator
+        crops its output, as the LSUN Car model removes its letterbox rows)."""
+        return (self.resolution, self.resolution)
+
+    @property
     def default_sigma(self) -> float:
         """Std of the gaussian view: 0.2 unconditional, 1.0 class-conditional (paper, Sec. 3.3.1, C.2.1)."""
         return 1.0 if self.conditional else 0.2
@@ -63,6 +69,7 @@ class Generator(nn.Module):
             "z_dim": self.z_dim,
             "num_classes": self.num_classes,
             "resolution": self.resolution,
+            "frame": list(self.frame),
             "weights_sha256": self.weights_sha256,
         }
 

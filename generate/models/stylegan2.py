@@ -296,6 +296,11 @@ class StyleGAN2(Generator):
     def default_sigma(self) -> float:
         return self._sigma if self._sigma is not None else super().default_sigma
 
+    @property
+    def frame(self) -> tuple[int, int]:
+        rows = self.rows[1] - self.rows[0] if self.rows else self.resolution
+        return (rows, self.resolution)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "truncation_psi": self.truncation_psi, "rows": self.rows}
 
