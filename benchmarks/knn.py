@@ -15,7 +15,8 @@ import time
 import click
 import numpy as np
 
-from genrep.evaluate.protocols import knn_scores, l2_normalize, weighted_votes
+from genrep.evaluate.protocols.base import l2_normalize
+from genrep.evaluate.protocols.knn import knn_scores, weighted_votes
 
 
 def clustered_features(

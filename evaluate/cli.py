@@ -9,19 +9,21 @@ command is `probe`, so the main form stays one short line and `table` is a plain
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from genrep.config import to_plain
-from genrep.evaluate.datasets import DATASETS, build_dataset, dataset_summary
-from genrep.evaluate.encoder import load_encoder, resolve_device
-from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing, default_cache_dir
-from genrep.evaluate.protocols import CLASSIFIERS, DEFAULT_COSTS, PROTOCOLS
+from genrep.errors import Group, OutputError, UsageError
+from genrep.evaluate.datasets import DATASETS
+from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing
+from genrep.evaluate.protocols import PROTOCOLS
+from genrep.evaluate.protocols.linear import LinearProtocol
+from genrep.evaluate.protocols.voc07 import CLASSIFIERS
 from genrep.evaluate.report import (
     TABLE_FORMATS,
     build_report,
@@ -30,11 +32,12 @@ from genrep.evaluate.report import (
     read_report,
     write_report,
 )
-from genrep.options import config_option
-from genrep.registry import RegistryError
+from genrep.options import RegistryChoice, common_options, config_option, resolve_device
+from genrep.paths import features_dir
+from genrep.runs import DEFAULT_ARCH, load_backbone
 
 
-class ProbeGroup(click.Group):
+class ProbeGroup(Group):
     """A group that runs `probe` when the first argument is not one of its subcommands."""
 
     default_command = "probe"
@@ -68,13 +71,9 @@ class FloatList(click.ParamType):
             self.fail(f"expected comma-separated numbers, got {value!r}", param, ctx)
 
 
-def _default_workers() -> int:
-    """One image-decoding process per available CPU, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return min(8, cpus)
+def _default(protocol: str, setting: str) -> Any:
+    """A protocol flag's default is the protocol's own, so that it is set in one place."""
+    return PROTOCOLS.options(protocol)[setting].default
 
 
 def _default_label(checkpoint: Path) -> str:
@@ -87,34 +86,44 @@ def _default_label(checkpoint: Path) -> str:
     return checkpoint.stem
 
 
-def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
+def _protocol_settings(ctx: click.Context, protocol: str) -> dict[str, Any]:
     """The chosen protocol's settings from the flags; a flag typed for another protocol is an error."""
-    chosen = PROTOCOLS.get(protocol_name).option_names()
-    every = {
-        name for entry in map(PROTOCOLS.get, PROTOCOLS.names()) for name in entry.option_names()
-    }
-    for name in sorted(every - set(chosen)):
-        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+    takes = PROTOCOLS.options(protocol)
+    every = {name for entry in PROTOCOLS.canonical_names() for name in PROTOCOLS.options(entry)}
+    for name in sorted(every - set(takes)):
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
             flag = next(param.opts[0] for param in ctx.command.params if param.name == name)
-            raise click.UsageError(f"{flag} does not apply to --protocol {protocol_name}")
-    return {name: ctx.params[name] for name in chosen}
+            raise UsageError(f"{flag} does not apply to --protocol {protocol}")
+    return {name: ctx.params[name] for name in takes if name in ctx.params}
 
 
+def _probe_help() -> str:
+    """The probe command's help, which lists the registered datasets."""
+    builtin = [name for name in DATASETS.canonical_names() if not DATASETS.get(name).needs_root]
+    on_disk = [name for name in DATASETS.canonical_names() if DATASETS.get(name).needs_root]
+    return (
+        "Extract frozen features of CHECKPOINT on DATASET and score them with --protocol.\n\n"
+        "CHECKPOINT is a genrep-train run folder, its checkpoint.pt, or a torchvision ResNet state "
+        f"dict. DATASET is one of: {', '.join(builtin)} (built in), {', '.join(on_disk)} "
+        "(with --root DIR)."
+    )
+
+
+@main.command("probe", help=_probe_help(), context_settings={"show_default": True})
 @config_option
-@main.command("probe", context_settings={"show_default": True})
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
-@click.argument("dataset", type=click.Choice(DATASETS.names()), metavar="DATASET")
+@click.argument("dataset", type=RegistryChoice(DATASETS), metavar="DATASET")
 @click.option(
-    "--root", type=click.Path(path_type=Path), help="Dataset folder (all datasets but digits)."
+    "--root", type=click.Path(path_type=Path), help="Dataset folder (datasets not built in)."
 )
 @click.option(
     "--protocol",
-    type=click.Choice(PROTOCOLS.names()),
-    help="How to score the features.  [default: voc07 for the voc07 dataset, else linear]",
+    type=RegistryChoice(PROTOCOLS),
+    help="How to score the features.  [default: voc07 for a multi-label dataset, else linear]",
 )
 @click.option(
     "--arch",
-    help="torchvision model of a bare state dict.  [default: from the run config, else resnet50]",
+    help=f"torchvision model of a bare state dict.  [default: from the run config, else {DEFAULT_ARCH}]",
 )
 @click.option(
     "--size", type=click.IntRange(min=16), default=128, help="Encoder input size in pixels."
@@ -125,14 +134,7 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     default=0.875,
     help="Evaluation images are resized to size/crop-fraction, then center-cropped.",
 )
-@click.option("--device", help="cpu, cuda or cuda:N.  [default: cuda if available]")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=_default_workers,
-    help="Image decoding processes.  [default: CPUs available, at most 8]",
-    show_default=False,
-)
+@common_options(device=True, workers=True)
 @click.option(
     "--extract-batch-size",
     type=click.IntRange(min=1),
@@ -151,8 +153,8 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
 )
 @click.option(
     "--encoder-data",
-    type=click.Choice(["generated", "real"]),
-    default="generated",
+    type=click.Choice(list(LinearProtocol.LR_BY_ENCODER_DATA)),
+    default=_default("linear", "encoder_data"),
     help="linear: what the encoder was trained on; picks the paper's default --lr.",
 )
 @click.option(
@@ -161,44 +163,63 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
     help="linear: epochs.  [default: 60, 100 for stanford-cars]",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=256, help="linear: SGD batch size."
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_default("linear", "batch_size"),
+    help="linear: SGD batch size.",
 )
-@click.option("--momentum", type=float, default=0.9, help="linear: SGD momentum.")
 @click.option(
-    "--weight-decay", type=click.FloatRange(min=0), default=0.0, help="linear: weight decay."
+    "--momentum", type=float, default=_default("linear", "momentum"), help="linear: SGD momentum."
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=_default("linear", "weight_decay"),
+    help="linear: weight decay.",
 )
 @click.option(
     "--cached/--augment",
-    default=False,
+    default=_default("linear", "cached"),
     help="linear: train on cached center-crop features (fast) instead of random-resized-crop + flip.",
 )
-@click.option("--k", type=click.IntRange(min=1), default=200, help="knn: neighbours.")
+@click.option(
+    "--k", type=click.IntRange(min=1), default=_default("knn", "k"), help="knn: neighbours."
+)
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
-    default=0.07,
+    default=_default("knn", "temperature"),
     help="knn: vote temperature.",
 )
 @click.option(
     "--classifier",
     type=click.Choice(CLASSIFIERS),
-    default="svm",
+    default=_default("voc07", "classifier"),
     help="voc07: per-class classifier.",
 )
 @click.option(
     "--costs",
     type=FloatList(),
-    default=",".join(map(str, DEFAULT_COSTS)),
+    default=",".join(map(str, _default("voc07", "costs"))),
     help="voc07: regularization values C tried by cross-validation.",
 )
 @click.option(
-    "--folds", type=click.IntRange(min=2), default=3, help="voc07: cross-validation folds."
+    "--folds",
+    type=click.IntRange(min=2),
+    default=_default("voc07", "folds"),
+    help="voc07: cross-validation folds.",
 )
 @click.option(
-    "--jobs", type=click.IntRange(min=1), default=1, help="voc07: classes fitted in parallel."
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=_default("voc07", "jobs"),
+    help="voc07: classes fitted in parallel.",
 )
 @click.option(
-    "--seed", type=int, default=0, help="linear/voc07: seed of initialization, shuffling and folds."
+    "--seed",
+    type=int,
+    default=_default("linear", "seed"),
+    help="linear/voc07: seed of initialization, shuffling and folds.",
 )
 @click.option(
     "--out",
@@ -209,18 +230,8 @@ def _protocol_options(ctx: click.Context, protocol_name: str) -> dict[str, Any]:
 @click.option("--name", help="Row label in tables.  [default: the run folder's name]")
 @click.pass_context
 def probe(ctx: click.Context, **options: Any) -> None:
-    """Extract frozen features of CHECKPOINT on DATASET and score them with --protocol.
-
-    CHECKPOINT is a genrep-train run folder, its checkpoint.pt, or a torchvision ResNet state dict.
-    DATASET is one of: digits (built in), imagefolder, voc07, stanford-cars (with --root).
-    """
-    try:
-        report = run_probe(ctx, options)
-    except (ValueError, RegistryError) as err:  # genrep's input errors carry a one-line message
-        raise click.UsageError(str(err)) from None
-    except OSError as err:  # an unreadable image or an unwritable cache folder
-        # A DataLoader worker's error carries the worker's traceback; its last line is the error.
-        raise click.ClickException(str(err).strip().splitlines()[-1]) from None
+    """Probe CHECKPOINT on DATASET and print (and with --out, save) the report."""
+    report = run_probe(ctx, options)
     click.echo(format_table([report], all_metrics=True))
     if options["out"]:
         config_path = write_report(options["out"], report)
@@ -236,24 +247,23 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     out = options["out"]
     if out and not options["overwrite"] and (out.exists() or config_path_for(out).exists()):
-        raise click.UsageError(
+        raise OutputError(
             f"{out} (or its .config.yaml) already exists; pass --overwrite or choose another --out"
         )
-    dataset_name = DATASETS.canonical(options["dataset"])
-    protocol_name = PROTOCOLS.canonical(
-        options["protocol"]
-        or ("voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear")
+    dataset_name = options["dataset"]
+    protocol_name = options["protocol"] or (
+        "voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear"
     )
-    protocol = PROTOCOLS.get(protocol_name)(**_protocol_options(ctx, protocol_name))
+    protocol = PROTOCOLS.build(protocol_name, **_protocol_settings(ctx, protocol_name))
     device = resolve_device(options["device"])
-    dataset = build_dataset(dataset_name, options["root"])
+    dataset = DATASETS.build(dataset_name, root=options["root"])
     protocol.check_dataset(dataset)
-    encoder = load_encoder(options["checkpoint"], options["arch"])
+    encoder = load_backbone(options["checkpoint"], options["arch"])
     _log(
         f"encoder: {encoder.arch} from {encoder.path} ({encoder.kind}, sha256 {encoder.sha256[:12]}); "
-        f"{dataset_summary(dataset)}"
+        f"{dataset.summary()}"
     )
-    cache_dir = options["cache_dir"] or default_cache_dir()
+    cache_dir = options["cache_dir"] or features_dir()
     preprocessing = Preprocessing(options["size"], options["crop_fraction"])
     inputs = FrozenFeatures(
         encoder,
@@ -295,13 +305,12 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-@main.command("table")
+@main.command("table", context_settings={"show_default": True})
+@config_option
 @click.argument(
     "reports", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option(
-    "--format", "fmt", type=click.Choice(TABLE_FORMATS), default="text", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="text")
 @click.option(
     "--all-metrics",
     is_flag=True,
@@ -309,8 +318,5 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 )
 def table(reports: Sequence[Path], fmt: str, all_metrics: bool) -> None:
     """Print REPORTS side by side: one row per encoder, one column per dataset/protocol/metric."""
-    try:
-        loaded = [read_report(path) for path in reports]
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    loaded = [read_report(path) for path in reports]
     click.echo(format_table(loaded, fmt=fmt, all_metrics=all_metrics))

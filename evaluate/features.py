@@ -1,4 +1,5 @@
-"""Frozen features of a dataset split, computed once per (checkpoint, dataset, split, transform).
+"""Frozen features of a dataset split: extracted by the frozen encoder in batches, and computed once
+per (checkpoint, dataset, split, transform).
 
 Features are stored as plain `.npy` files (never pickle) under `--cache-dir`, written atomically, so
 a second protocol on the same data and checkpoint reuses them and an interrupted run leaves nothing
@@ -10,27 +11,55 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torchvision import transforms
+from tqdm import tqdm
 
+from genrep.encoders import IMAGENET_MEAN, IMAGENET_STD
 from genrep.evaluate.datasets import ProbeDataset
-from genrep.evaluate.encoder import Encoder, extract_features
 from genrep.io import atomic_open, atomic_write_bytes
-from genrep.paths import features_dir
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from genrep.options import default_workers
+from genrep.runs import Backbone
 
 
-def default_cache_dir() -> Path:
-    """`$GENREP_HOME/features`; GENREP_HOME defaults to the user's cache folder (~/.cache/genrep)."""
-    return features_dir()
+def encode_batches(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    total: int | None = None,
+    desc: str = "features",
+) -> Iterable[tuple[torch.Tensor, Any]]:
+    """Yield (features on `device`, labels) for each (images, labels) batch, encoder frozen."""
+    # channels_last is the fast convolution layout for cuDNN and for oneDNN on CPU alike.
+    model.to(device, memory_format=torch.channels_last).eval()
+    with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as progress:
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last
+            )
+            with torch.no_grad():  # not inference_mode: the linear probe trains on these features
+                features = model(images).float()
+            progress.update(len(images))
+            yield features, labels
+
+
+def extract_features(
+    model: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    total: int | None = None,
+    desc: str = "features",
+) -> np.ndarray:
+    """Features of every image in `batches`, in order, as a float32 [N, D] array."""
+    chunks = [f.cpu().numpy() for f, _ in encode_batches(model, batches, device, total, desc)]
+    return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -108,13 +137,13 @@ class FeatureCache:
 class FrozenFeatures:
     """What every protocol needs: the frozen encoder, the dataset, and how to feed one to the other."""
 
-    encoder: Encoder
+    encoder: Backbone
     dataset: ProbeDataset
     preprocessing: Preprocessing
     device: torch.device
     cache: FeatureCache | None = None
     batch_size: int = 256
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     log: Callable[[str], None] = field(default=lambda message: None)
 
     def loader(

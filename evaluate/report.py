@@ -13,15 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from genrep.config import save_config, to_plain
+from genrep.errors import DataError
 from genrep.io import atomic_write_bytes
 
 REPORT_FORMAT = "genrep-probe-report"
 REPORT_VERSION = 1
 TABLE_FORMATS = ("text", "markdown")
-
-
-class ReportError(ValueError):
-    """A file that is not a readable probe report."""
 
 
 def config_path_for(report_path: str | os.PathLike) -> Path:
@@ -77,14 +74,15 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
 
 
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
+    """A report written by `write_report`; any other file is a `DataError` saying what it is not."""
     try:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        raise ReportError(f"cannot read report {path}: {err}") from None
+        raise DataError(f"cannot read report {path}: {err}") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
-        raise ReportError(f"{path} is not a genrep-probe report (written by genrep-probe --out)")
+        raise DataError(f"{path} is not a genrep-probe report (written by genrep-probe --out)")
     if report.get("format_version") != REPORT_VERSION:
-        raise ReportError(
+        raise DataError(
             f"{path} has report format_version {report.get('format_version')}; "
             f"this genrep reads {REPORT_VERSION}"
         )

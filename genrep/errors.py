@@ -33,7 +33,8 @@ class UserError(Exception):
         text = super().__str__()
         if "Original Traceback" in text:
             last = text.strip().splitlines()[-1]
-            text = last.split(": ", 1)[-1] if last.startswith(type(self).__name__) else last
+            kind, sep, message = last.partition(": ")  # the traceback qualifies the class name
+            text = message if sep and kind.rsplit(".", 1)[-1] == type(self).__name__ else last
         return text
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 import yaml
 from PIL import Image
 
-from genrep.evaluate.datasets import VOC_CLASSES
+from genrep.encoders import backbone_state as state_of
+from genrep.evaluate.datasets.voc07 import VOC_CLASSES
+from genrep.runs import BACKBONE, CHECKPOINT, CONFIG, random_backbone
 
 # Distinct solid colours, so that even a random-weight encoder tells the classes apart.
 PALETTE = [
@@ -130,18 +131,15 @@ def write_stanford_cars(
 
 def backbone_state(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
     """A random-weight torchvision backbone's state dict without its fc head."""
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(arch, weights=None)
-    model.fc = torch.nn.Identity()
-    return model.state_dict()
+    return state_of(random_backbone(arch, seed))
 
 
 def write_run_folder(folder: Path, arch: str = "resnet18", seed: int = 0) -> Path:
     """What `genrep-train --out` leaves: backbone.pth, config.yaml and checkpoint.pt."""
     folder.mkdir(parents=True, exist_ok=True)
     state = backbone_state(arch, seed)
-    torch.save(state, folder / "backbone.pth")
-    (folder / "config.yaml").write_text(yaml.safe_dump({"arch": arch, "lr": 0.03}))
+    torch.save(state, folder / BACKBONE)
+    (folder / CONFIG).write_text(yaml.safe_dump({"arch": arch, "lr": 0.03}))
     torch.save(
         {
             "backbone": state,
@@ -150,6 +148,6 @@ def write_run_folder(folder: Path, arch: str = "resnet18", seed: int = 0) -> Pat
             "manifest_hash": None,
             "optimizer": {"state": {}},
         },
-        folder / "checkpoint.pt",
+        folder / CHECKPOINT,
     )
     return folder

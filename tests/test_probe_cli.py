@@ -10,6 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from probe_fixtures import (
+    class_image,
     write_imagefolder,
     write_images_as_imagefolder,
     write_run_folder,
@@ -18,6 +19,8 @@ from probe_fixtures import (
 )
 
 from genrep.evaluate.cli import main
+from genrep.evaluate.datasets import DATASETS, ProbeDataset
+from genrep.evaluate.protocols import PROTOCOLS
 from genrep.evaluate.report import format_table
 from genrep.io import sha256_file
 
@@ -144,9 +147,7 @@ def test_voc07_end_to_end_defaults_to_the_voc07_protocol(tmp_path, run_dir):
 
 def digits_as_imagefolder(root: Path, shuffle_labels: bool) -> Path:
     """The first digits of each split (600 train, 300 val: chance accuracy has a 1.7% spread)."""
-    from genrep.evaluate.datasets import build_dataset
-
-    digits = build_dataset("digits")
+    digits = DATASETS.build("digits")
     rng = np.random.default_rng(0)
     images = {}
     for split, count in zip(digits.splits, (600, 300), strict=True):
@@ -233,23 +234,90 @@ def test_a_yaml_config_sets_every_flag_and_the_saved_config_replays(tmp_path, ru
     assert read(tmp_path / "a.json")["metrics"] == first["metrics"]
 
 
+def test_table_takes_a_config_and_flags_still_win(tmp_path, run_dir):
+    out = tmp_path / "knn.json"
+    probe(run_dir, "digits --protocol knn --k 5", FAST, "--out", out)
+    config = tmp_path / "table.yaml"
+    config.write_text(
+        yaml.safe_dump({"reports": [str(out)], "format": "markdown", "all-metrics": True})
+    )
+    lines = probe("table --config", config).output.strip().splitlines()
+    assert lines[0] == "| encoder | digits knn top1 | digits knn top5 |" and len(lines) == 3
+    text = probe("table --format text --config", config).output.splitlines()
+    assert text[0].split() == ["encoder", "digits", "knn", "top1", "digits", "knn", "top5"]
+    config.write_text(yaml.safe_dump({"reports": [str(out)], "colour": "red"}))
+    assert "unknown key 'colour'" in probe("table --config", config, expect=2).output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ("digits --protocol linear --k 5", "--k does not apply to --protocol linear"),
+        ("digits --protocol linear --k 5", "Error: --k does not apply to --protocol linear"),
         ("digits --protocol voc07", "needs a multilabel dataset but digits is multiclass"),
-        ("imagefolder", "dataset imagefolder needs --root DIR holding train/<class>/<image>"),
-        ("digits --device cuda", "asked for CUDA but torch sees no GPU; use --device cpu"),
-        ("digits --device gpu", "'gpu' is not a torch device"),
-        ("mnist", "Invalid value for 'DATASET'"),
+        ("imagefolder", "Error: dataset imagefolder needs --root DIR holding train/<class>/"),
+        ("digits --device cuda", "Error: --device cuda: torch sees no CUDA GPU here; use --device"),
+        ("digits --device gpu", "Error: --device 'gpu' is not a device; use auto, cpu, cuda"),
     ],
 )
-def test_bad_input_gives_a_one_line_error(run_dir, args, message, monkeypatch):
+def test_bad_flags_give_one_line_and_exit_2(run_dir, args, message, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = probe(run_dir, args, FAST, expect=2)
-    assert message in result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_an_unreadable_checkpoint_is_one_line_and_exit_1(tmp_path):
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    result = probe(garbage, "digits --protocol knn", FAST, expect=1)
+    assert result.output.startswith(f"Error: {garbage} is not a checkpoint or state dict")
+    assert "pass a genrep-train run folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_dataset_and_protocol_choices_come_from_the_registries(run_dir):
+    help_text = " ".join(probe("probe --help").output.split())
+    assert f"--protocol [{'|'.join(PROTOCOLS.canonical_names())}]" in help_text
+    assert all(name in help_text for name in DATASETS.canonical_names())
+    result = probe(run_dir, "mnist", FAST, expect=2)
+    assert "unknown dataset 'mnist'; choose one of: " + ", ".join(DATASETS.names()) in result.output
+    assert "unknown protocol 'svm'" in probe(run_dir, "digits --protocol svm", expect=2).output
+
+
+@pytest.fixture
+def colours_dataset(monkeypatch):
+    """A dataset class registered the way a dataset module registers one, removed afterwards."""
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
+
+    @DATASETS.register("colours")
+    class Colours(ProbeDataset):
+        layout = "nothing: the images are drawn in memory"
+        needs_root = False
+
+        def _scan(self) -> None:
+            self.classes = ["red", "green"]
+            for split, count in (("train", 6), ("val", 3)):
+                self.items[split] = [f"{split}/{i}" for i in range(2 * count)]
+                self.targets[split] = np.arange(2 * count) % 2
+
+        def load_image(self, split: str, index: int):
+            return class_image(int(self.targets[split][index]), index)
+
+    return Colours
+
+
+def test_a_registered_dataset_is_probed_without_touching_the_cli(
+    tmp_path, run_dir, colours_dataset
+):
+    out = tmp_path / "colours.json"
+    probe(run_dir, "colours --protocol knn --k 3", FAST, "--out", out)
+    report = read(out)
+    assert report["dataset"]["name"] == "colours" and report["dataset"]["splits"] == {
+        "train": 12,
+        "val": 6,
+    }
+    assert report["metrics"]["top1"] == 100.0
 
 
 def test_existing_reports_are_not_overwritten_unless_asked(tmp_path, run_dir):
@@ -258,15 +326,19 @@ def test_existing_reports_are_not_overwritten_unless_asked(tmp_path, run_dir):
     result = probe(run_dir, "digits --protocol knn", FAST, "--out", out, expect=2)
     assert "already exists; pass --overwrite" in result.output and out.read_text() == "precious"
     (tmp_path / "not-a-report.json").write_text("{}")
-    assert (
-        "is not a genrep-probe report"
-        in probe("table", tmp_path / "not-a-report.json", expect=2).output
-    )
+    result = probe("table", tmp_path / "not-a-report.json", expect=1)
+    assert "is not a genrep-probe report" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
-def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir, workers):
+    """Also when a DataLoader worker process reads it."""
     data = write_imagefolder(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1)
     (data / "train" / "class0" / "000.png").write_bytes(b"not an image")
-    result = probe(run_dir, "imagefolder --protocol knn", FAST, "--root", data, expect=1)
-    assert "cannot identify image file" in result.output and "000.png" in result.output
-    assert "Traceback" not in result.output
+    args = ["imagefolder --protocol knn", FAST, "--workers", workers, "--root", data]
+    result = probe(run_dir, *args, expect=1)
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in result.output
+    bad = data / "train" / "class0" / "000.png"
+    assert error[0].startswith(f"Error: cannot read image {bad.resolve()} (cannot identify image")

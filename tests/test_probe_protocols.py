@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genrep.evaluate.protocols import (
-    PROTOCOLS,
-    ProtocolError,
-    knn_scores,
-    linear_probe_on_features,
-    topk_accuracy,
-    voc07_average_precision,
-    voc07_classification,
-)
+from genrep.errors import DataError, UsageError
+from genrep.evaluate.protocols import PROTOCOLS
+from genrep.evaluate.protocols.base import topk_accuracy
+from genrep.evaluate.protocols.knn import knn_scores
+from genrep.evaluate.protocols.linear import linear_probe_on_features
+from genrep.evaluate.protocols.voc07 import voc07_average_precision, voc07_classification
+from genrep.registry import RegistryError
 
 
 def separable(
@@ -60,7 +58,7 @@ def test_linear_probe_on_random_labels_stays_near_chance():
 
 def test_linear_probe_reports_divergence_instead_of_nan_scores():
     train_x, train_y = separable()
-    with pytest.raises(ProtocolError, match="lower --lr"):
+    with pytest.raises(UsageError, match="lower --lr"):
         linear_probe_on_features(train_x * 1e30, train_y, train_x, train_y, 8, epochs=2, lr=1e10)
 
 
@@ -142,19 +140,23 @@ def test_voc07_needs_enough_positives_for_cross_validation():
     train_x, train_y = multilabel(20)
     train_y[:, 2] = 0
     train_y[:2, 2] = 1
-    with pytest.raises(ProtocolError, match="class c has 2 positive"):
+    with pytest.raises(DataError, match="class c has 2 positive"):
         voc07_classification(train_x, train_y, train_x, train_y, list("abcd"))
 
 
 def test_protocol_registry_and_settings():
     assert PROTOCOLS.names() == ["knn", "linear", "voc07"]
-    linear = PROTOCOLS.get("linear")(encoder_data="real")
-    assert linear.settings(type("Cars", (), {"linear_epochs": 100})())["lr"] == 0.3
-    assert linear.settings(type("Cars", (), {"linear_epochs": 100})())["epochs"] == 100
-    assert (
-        PROTOCOLS.get("linear")(lr=1.5).settings(type("D", (), {"linear_epochs": 60})())["lr"]
-        == 1.5
-    )
-    assert PROTOCOLS.get("linear")().settings(type("D", (), {"linear_epochs": 60})())["lr"] == 2.0
-    with pytest.raises(ProtocolError):
-        PROTOCOLS.get("voc07")(classifier="forest")
+    cars, other = type("Cars", (), {"linear_epochs": 100})(), type("D", (), {"linear_epochs": 60})()
+    linear = PROTOCOLS.build("linear", encoder_data="real")
+    assert linear.name == "linear"
+    assert linear.settings(cars)["lr"] == 0.3 and linear.settings(cars)["epochs"] == 100
+    assert PROTOCOLS.build("linear", lr=1.5).settings(other)["lr"] == 1.5
+    assert PROTOCOLS.build("linear", lr=None).settings(other)["lr"] == 2.0  # None: the default
+    with pytest.raises(UsageError, match="--classifier must be one of svm, logistic"):
+        PROTOCOLS.build("voc07", classifier="forest")
+
+
+def test_a_protocol_refuses_settings_it_does_not_take_and_names_those_it_does():
+    assert set(PROTOCOLS.options("knn")) == {"k", "temperature"}
+    with pytest.raises(RegistryError, match="protocol 'knn' does not take 'lr'; it takes: 'k'"):
+        PROTOCOLS.build("knn", lr=0.1)
