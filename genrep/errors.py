@@ -30,10 +30,12 @@ class UserError(Exception):
     def __str__(self) -> str:
         # Raised in a DataLoader worker, the error is rebuilt in the main process with the worker's
         # traceback in its message; the last line is the message that says what is wrong.
+        # Python names the type there with its module (`genrep.errors.DataError: ...`).
         text = super().__str__()
         if "Original Traceback" in text:
             last = text.strip().splitlines()[-1]
-            text = last.split(": ", 1)[-1] if last.startswith(type(self).__name__) else last
+            name, sep, message = last.partition(": ")
+            text = message if sep and name.rsplit(".", 1)[-1] == type(self).__name__ else last
         return text
 
 
