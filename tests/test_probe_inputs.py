@@ -16,6 +16,7 @@ from probe_fixtures import (
     write_voc07,
 )
 
+from genrep.errors import UsageError
 from genrep.evaluate.datasets import DATASETS, DatasetError, build_dataset
 from genrep.evaluate.encoder import CheckpointError, load_encoder
 from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing, default_cache_dir
@@ -94,7 +95,7 @@ def test_incomplete_run_folder_and_unknown_arch_are_explained(tmp_path):
     (run / "config.yaml").unlink()
     with pytest.raises(CheckpointError, match="expected backbone.pth and config.yaml"):
         load_encoder(run)
-    with pytest.raises(ValueError, match="unknown --arch 'resnet5'; choose a torchvision ResNet"):
+    with pytest.raises(UsageError, match="unknown --arch 'resnet5'; choose a torchvision ResNet"):
         load_encoder(run / "backbone.pth", arch="resnet5")
 
 

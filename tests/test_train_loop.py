@@ -410,3 +410,16 @@ def test_export_takes_its_flags_from_a_config(runs, tmp_path):
     assert torch.load(out, weights_only=True).keys() == (
         torch.load(runs("supcon") / "backbone.pth", weights_only=True).keys()
     )
+
+
+def test_fp16_trains_with_gradient_scaling(datasets, tmp_path):
+    out = tmp_path / "fp16"
+    invoke(
+        train_main,
+        [datasets("gauss"), *FAST, "--precision", "fp16", "--views", "2", "--batch-size", "4"]
+        + ["--steps", "1", "--input-size", "16", "--out", out],
+    )
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(out))
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["precision"] == "fp16"
+    assert checkpoint["grad_scaler"]["scale"] > 0  # resumes with the scale it reached
