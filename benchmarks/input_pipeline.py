@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from genrep.options import default_workers
 from genrep.shards import decode_image, decode_sample, iter_raw_samples
-from genrep.train.cli import default_workers
 from genrep.train.data import TrainingStream, ViewSpec, open_data
-from genrep.train.transforms import Transform, build_recipe
+from genrep.train.tx import Transform, build_recipe
 
 
 class PngPairs(Dataset):

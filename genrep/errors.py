@@ -30,6 +30,7 @@ class UserError(Exception):
     def __str__(self) -> str:
         # Raised in a DataLoader worker, the error is rebuilt in the main process with the worker's
         # traceback in its message; the last line is the message that says what is wrong.
+        # Python names the type there with its module (`genrep.errors.DataError: ...`).
         text = super().__str__()
         if "Original Traceback" in text:
             last = text.strip().splitlines()[-1]

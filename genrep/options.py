@@ -199,6 +199,11 @@ def config_option(command: Callable) -> Callable:
     )(command)
 
 
+def flag_label(name: str) -> str:
+    """An option name as the flag a user types (`projection_dim` -> `--projection-dim`)."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_key_values(
     _ctx: click.Context | None, _param: click.Parameter | None, values: Any
 ) -> dict[str, Any]:

@@ -120,22 +120,20 @@ class Registry(Generic[T]):
         parameters = inspect.signature(self.get(name)).parameters.values()
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
-    def build(
+    def check_options(
         self,
         name: str,
-        *context: Any,
+        context: int = 0,
+        *,
         option_label: Callable[[str], str] = repr,
         **options: Any,
-    ) -> Any:
-        """Build entry `name` with genrep's `context` and the user's `options`.
-
-        Options set to None mean "the entry's default" and are not passed. An option the entry
-        does not take is a `RegistryError` naming the options it does take; `option_label` says how
-        to show an option's name to the user (e.g. as a flag).
-        """
+    ) -> dict[str, Any]:
+        """The options entry `name` is built with: those given, less those set to None (the
+        entry's default); an option the entry does not take is a `RegistryError` naming the
+        options it does take, shown with `option_label` (e.g. as flags)."""
         canonical = self.canonical(name)
         options = {key: value for key, value in options.items() if value is not None}
-        accepted = self.options(canonical, len(context))
+        accepted = self.options(canonical, context)
         unknown = sorted(set(options) - set(accepted))
         if unknown and not self.takes_any_option(canonical):
             takes = ", ".join(option_label(key) for key in accepted) or "no options"
@@ -143,4 +141,16 @@ class Registry(Generic[T]):
                 f"{self.kind} {canonical!r} does not take {', '.join(map(option_label, unknown))}; "
                 f"it takes: {takes}"
             )
-        return self._entries[canonical](*context, **options)
+        return options
+
+    def build(
+        self,
+        name: str,
+        *context: Any,
+        option_label: Callable[[str], str] = repr,
+        **options: Any,
+    ) -> Any:
+        """Build entry `name` with genrep's `context` and the user's `options` (see
+        `check_options`)."""
+        options = self.check_options(name, len(context), option_label=option_label, **options)
+        return self._entries[self.canonical(name)](*context, **options)

@@ -14,11 +14,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from train_helpers import FAST, copy_dataset, read_log, rewrite_shard
 
+from genrep.errors import DataError, UsageError
 from genrep.train.cli import main as train_main
-from genrep.train.data import DataError, TrainingStream, ViewSpec, open_data
-from genrep.train.objectives import ObjectiveError
-from genrep.train.trainer import resolve
-from genrep.train.transforms import build_recipe
+from genrep.train.config import TrainConfig
+from genrep.train.data import TrainingStream, ViewSpec, open_data
+from genrep.train.tx import build_recipe
 
 pytest_plugins = ["train_fixtures"]
 
@@ -120,9 +120,12 @@ def test_bad_samples_are_skipped_and_counted_or_fatal_with_strict(datasets, tmp_
             str(tmp_path / "run"),
         ],
     )
-    assert result.exit_code == 2
-    assert "shard-000003.tar: sample 0000000" in result.output
+    # A DataError (exit 1) rebuilt from the worker's traceback text: only its own message is left.
+    assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert line.startswith(f"Error: {folder / 'shard-000003.tar'}: sample 0000000")
+    assert line.endswith("(drop --strict to skip such samples)")
 
 
 class _CreatesFile:
@@ -212,21 +215,14 @@ def test_several_shard_folders_train_as_one_dataset(datasets):
 
 
 def test_bad_combinations_of_inputs_are_refused(datasets, real_folder):
-    options = {
-        "objective": "inverter",
-        "tx": "genrep",
-        "batch_size": 8,
-        "lr": 0.03,
-        "precision": "auto",
-        "epochs": None,
-        "steps": 4,
-    }
-    with pytest.raises(ObjectiveError, match="real images have no latents"):
-        resolve(options, open_data([], real_folder, None), 1)
-    with pytest.raises(ObjectiveError, match="needs class labels"):
+    config = TrainConfig(objective="inverter", batch_size=8, steps=4)
+    cpu = torch.device("cpu")
+    with pytest.raises(DataError, match="real images have no latents"):
+        config.resolve(open_data([], real_folder, None), 1, cpu)
+    with pytest.raises(DataError, match="needs class labels"):
         mixed = open_data([datasets("gauss")], real_folder, 0.5)
-        resolve({**options, "objective": "supcon"}, mixed, 1)
-    with pytest.raises(DataError, match="--real-fraction"):
+        TrainConfig(objective="supcon", batch_size=8).resolve(mixed, 1, cpu)
+    with pytest.raises(UsageError, match="--real-fraction"):
         open_data([datasets("gauss")], real_folder, None)
     with pytest.raises(DataError, match="no manifest.json"):
         open_data([real_folder], None, None)

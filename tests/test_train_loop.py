@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,14 @@ import torch.multiprocessing as mp
 import torchvision
 import yaml
 from click.testing import CliRunner
-from train_helpers import FAST, read_log
+from train_helpers import FAST, copy_dataset, read_log
 
+from genrep.errors import UsageError
 from genrep.train.cli import export_main
 from genrep.train.cli import main as train_main
+from genrep.train.config import TrainConfig
 from genrep.train.data import open_data
-from genrep.train.trainer import CosineSchedule, TrainError, resolve, train
+from genrep.train.trainer import CosineSchedule, train
 
 pytest_plugins = ["train_fixtures"]
 
@@ -218,8 +221,7 @@ def _ddp_rank(rank: int, world: int, port: int, args: list[str], out: str) -> No
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)  # as torchrun does: two ranks share the CPU
-    options = train_main.make_context("genrep-train", args).params
-    options["shards"] = list(options["shards"])
+    config = TrainConfig(**train_main.make_context("genrep-train", args).params)
     seen: list[str] = []
     steps: list[int] = []
 
@@ -227,7 +229,7 @@ def _ddp_rank(rank: int, world: int, port: int, args: list[str], out: str) -> No
         steps.append(step)
         seen.extend(batch["key"])
 
-    train(options, hooks=[record], log=lambda _message: None)
+    train(config, hooks=[record], log=lambda _message: None)
     torch.save({"keys": seen, "steps": steps}, f"{out}.{rank}")
 
 
@@ -268,28 +270,156 @@ def test_ddp_ranks_take_equal_steps_over_disjoint_data(datasets, tmp_path):
 
 def test_resolve_fills_the_paper_defaults(datasets):
     gauss = open_data([datasets("gauss")], None, None)
-    options = {
-        "objective": "simclr",
-        "tx": "genrep",
-        "batch_size": 32,
-        "lr": 0.03,
-        "precision": "auto",
-        "epochs": None,
-        "steps": None,
-        "seed": 0,
+    cpu = torch.device("cpu")
+    options = TrainConfig(shards=[datasets("gauss")], batch_size=32, out="run")
+    config = options.resolve(gauss, 2, cpu)
+    assert config.lr_scaled == pytest.approx(0.03 * 32 / 256)  # linear in the batch
+    assert config.views == 3 and config.augment is True  # anchor + its 2 neighbors
+    assert config.input_size == 28 and config.local_batch_size == 16
+    assert config.epochs == 20 and config.steps == 20 * 2  # 64 anchors, 2 batches each
+    assert config.precision == "fp32" and config.device == "cpu"
+    assert (config.temperature, config.projection_dim) == (0.1, 128)  # simclr's own defaults
+    assert options.temperature is None  # resolving makes a new config
+    saved = config.to_plain()
+    assert saved["dataset"]["neighbors"] == 2 and saved["shards"] == [str(datasets("gauss"))]
+    inverter = replace(options, objective="inverter", batch_size=16, steps=7).resolve(gauss, 1, cpu)
+    assert inverter.views == 1 and inverter.augment is False and inverter.steps == 7
+    assert inverter.temperature is None and inverter.projection_dim is None  # takes neither
+    with pytest.raises(UsageError, match="stores 2"):
+        replace(options, views=4).resolve(gauss, 1, cpu)
+    with pytest.raises(UsageError, match="simclr needs 2 or more views"):
+        replace(options, views=1).resolve(gauss, 1, cpu)
+    with pytest.raises(UsageError, match="identical copies"):
+        replace(options, augment=False).resolve(open_data([datasets("none")], None, None), 1, cpu)
+    with pytest.raises(UsageError, match="divisible"):
+        replace(options, batch_size=15).resolve(gauss, 2, cpu)
+    with pytest.raises(UsageError, match="not both"):
+        replace(options, epochs=2, steps=5).resolve(gauss, 1, cpu)
+    with pytest.raises(UsageError, match="'inverter' does not take --temperature"):
+        replace(options, objective="inverter", temperature=0.2).resolve(gauss, 1, cpu)
+
+
+def test_a_run_saved_by_the_previous_version_resumes(datasets):
+    """Before objectives declared their options, every run recorded temperature 0.1 and
+    projection_dim 128; an inverter run saved so is still the same run."""
+    gauss = open_data([datasets("gauss")], None, None)
+    config = TrainConfig(objective="inverter", batch_size=16, steps=7, workers=0)
+    config = config.resolve(gauss, 1, torch.device("cpu"))
+    previous = {**config.to_plain(), "temperature": 0.1, "projection_dim": 128, "device": "auto"}
+    assert config.changes_from(previous) == []
+    assert config.changes_from({**previous, "lr": 0.1}) == ["lr: 0.1 -> 0.03"]
+    simclr = TrainConfig(batch_size=16, steps=7).resolve(gauss, 1, torch.device("cpu"))
+    assert simclr.changes_from({**simclr.to_plain(), "temperature": 0.2}) == [
+        "temperature: 0.2 -> 0.1"
+    ]
+
+
+def _one_line_error(result) -> str:
+    """The CLI's error: one `Error: ...` line and nothing else (no usage text, no traceback)."""
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
+        (["--lr", "-0.1"], "--lr must be a finite number > 0, got -0.1"),
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--momentum", "-0.5"], "--momentum must be a finite number >= 0"),
+        (["--weight-decay", "-1e-4"], "--weight-decay must be a finite number >= 0"),
+        (["--temperature", "0"], "--temperature must be a finite number > 0"),
+        (["--temperature", "inf"], "--temperature must be a finite number > 0"),
+        (["--projection-dim", "0"], "--projection-dim must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
+        (["--objective", "inverter", "--temperature", "0.5"], "does not take --temperature"),
+        (["--objective", "classifier", "--projection-dim", "64"], "it takes: no options"),
+    ],
+)
+def test_bad_numbers_and_options_are_one_line_usage_errors(datasets, tmp_path, flags, message):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        train_main, [str(datasets("cond")), *FAST, "--steps", "1", *flags, "--out", str(out)]
+    )
+    assert result.exit_code == 2
+    assert message in _one_line_error(result)
+    assert not out.exists()  # refused before anything is written
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
     }
-    config = resolve(options, gauss, world=2)
-    assert config["lr_scaled"] == pytest.approx(0.03 * 32 / 256)  # linear in the batch
-    assert config["views"] == 3 and config["augment"] is True  # anchor + its 2 neighbors
-    assert config["input_size"] == 28 and config["local_batch_size"] == 16
-    assert config["epochs"] == 20 and config["steps"] == 20 * 2  # 64 anchors, 2 batches each
-    inverter = resolve({**options, "objective": "inverter", "batch_size": 16, "steps": 7}, gauss, 1)
-    assert inverter["views"] == 1 and inverter["augment"] is False and inverter["steps"] == 7
-    with pytest.raises(TrainError, match="stores 2"):
-        resolve({**options, "views": 4}, gauss, 1)
-    with pytest.raises(TrainError, match="identical copies"):
-        resolve({**options, "augment": False}, open_data([datasets("none")], None, None), 1)
-    with pytest.raises(TrainError, match="divisible"):
-        resolve({**options, "batch_size": 15}, gauss, 2)
-    with pytest.raises(TrainError, match="not both"):
-        resolve({**options, "epochs": 2, "steps": 5}, gauss, 1)
+
+
+def test_out_must_be_a_run_folder_of_genrep_train(datasets, tmp_path):
+    dataset = copy_dataset(datasets("gauss"), tmp_path / "gauss")
+    before = _snapshot(dataset)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    refusals = {
+        dataset: "is a dataset folder (it holds manifest.json)",
+        dataset / "manifest.json": "is a file",
+        other: "is not a genrep-train run folder",
+    }
+    for out, message in refusals.items():
+        result = CliRunner().invoke(
+            train_main,
+            [str(dataset), *FAST, "--batch-size", "16", "--steps", "1", "--out", str(out)],
+        )
+        assert result.exit_code == 2 and message in _one_line_error(result)
+    assert _snapshot(dataset) == before
+    assert [p.name for p in other.iterdir()] == ["todo.txt"]
+
+
+def test_export_refuses_to_overwrite_unless_asked(runs, tmp_path):
+    run = runs("simclr")
+    backbone = torch.load(run / "backbone.pth", weights_only=True)
+    out = tmp_path / "backbone.pth"
+    out.write_bytes(b"keep me")
+    refused = CliRunner().invoke(export_main, [str(run), str(out)])
+    assert refused.exit_code == 2
+    assert "exists; pass --overwrite" in _one_line_error(refused)
+    assert out.read_bytes() == b"keep me"
+    invoke(export_main, [run, out, "--overwrite"])
+    exported = torch.load(out, weights_only=True)
+    assert exported.keys() == backbone.keys()
+    assert all(torch.equal(exported[key], backbone[key]) for key in backbone)
+    # Never onto the checkpoint it reads, never into a folder that does not exist.
+    checkpoint = run / "checkpoint.pt"
+    before = checkpoint.stat().st_mtime_ns
+    for target, message in [
+        (checkpoint, "is the checkpoint being exported"),
+        (tmp_path / "missing" / "b.pth", "does not exist"),
+    ]:
+        result = CliRunner().invoke(export_main, [str(checkpoint), str(target), "--overwrite"])
+        assert result.exit_code == 2 and message in _one_line_error(result)
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_export_takes_its_flags_from_a_config(runs, tmp_path):
+    out = tmp_path / "backbone.pth"
+    out.write_bytes(b"old")
+    config = tmp_path / "export.yaml"
+    config.write_text("overwrite: true\n")
+    invoke(export_main, ["--config", config, runs("supcon"), out])
+    assert torch.load(out, weights_only=True).keys() == (
+        torch.load(runs("supcon") / "backbone.pth", weights_only=True).keys()
+    )
+
+
+def test_fp16_trains_with_gradient_scaling(datasets, tmp_path):
+    out = tmp_path / "fp16"
+    invoke(
+        train_main,
+        [datasets("gauss"), *FAST, "--precision", "fp16", "--views", "2", "--batch-size", "4"]
+        + ["--steps", "1", "--input-size", "16", "--out", out],
+    )
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(out))
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["config"]["precision"] == "fp16"
+    assert checkpoint["grad_scaler"]["scale"] > 0  # resumes with the scale it reached

@@ -10,10 +10,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from PIL import Image
 
+from genrep.errors import DataError
 from genrep.registry import RegistryError
 from genrep.train.data import DatasetInfo
-from genrep.train.objectives import OBJECTIVES, ObjectiveError
-from genrep.train.transforms import TX_RECIPES, build_recipe
+from genrep.train.objectives import OBJECTIVES
+from genrep.train.tx import TX_RECIPES, build_recipe
 
 
 def info(classes=None, z_dim=8, name="toy") -> DatasetInfo:
@@ -40,9 +41,40 @@ def test_registries_list_every_objective_and_recipe():
         OBJECTIVES.get("byol")
 
 
+def test_objectives_take_only_their_own_options():
+    for name in ("simclr", "supcon"):
+        assert set(OBJECTIVES.options(name, 2)) == {"projection_dim", "temperature"}
+    for name in ("inverter", "classifier"):
+        assert OBJECTIVES.options(name, 2) == {}
+    labelled = info(classes=[0, 1])
+    with pytest.raises(RegistryError, match="'inverter' does not take 'temperature'"):
+        OBJECTIVES.build("inverter", 16, labelled, temperature=0.2)
+    with pytest.raises(RegistryError, match="does not take 'projection_dim'; it takes: no options"):
+        OBJECTIVES.build("classifier", 16, labelled, projection_dim=8)
+    # None means the objective's default.
+    simclr = OBJECTIVES.build("simclr", 16, labelled, temperature=None, projection_dim=None)
+    assert simclr.temperature == 0.1 and simclr.head[-1].out_features == 128
+    assert OBJECTIVES.build("supcon", 16, labelled, temperature=0.5).temperature == 0.5
+
+
+@pytest.mark.parametrize("name", ["simclr", "supcon"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_contrastive_losses_stay_fp32_under_autocast(name, dtype):
+    # fp16 similarities would overflow where pairs are masked; bf16 ones would lose precision.
+    torch.manual_seed(5)
+    objective = OBJECTIVES.build(name, 16, info(classes=[0, 1, 2]), projection_dim=8)
+    features, targets = torch.randn(4 * 2, 16), batch_of(4, 2, [0, 1, 0, 2])
+    expected, _ = objective(features, targets)
+    with torch.autocast("cpu", dtype=dtype):
+        loss, _ = objective(features, targets)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    # Only the projection head runs in the low precision.
+    assert loss.item() == pytest.approx(expected.item(), rel=2e-2)
+
+
 def test_simclr_with_two_views_is_nt_xent():
     torch.manual_seed(0)
-    objective = OBJECTIVES.get("simclr")(16, info(), projection_dim=8, temperature=0.1)
+    objective = OBJECTIVES.build("simclr", 16, info(), projection_dim=8, temperature=0.1)
     features = torch.randn(2 * 5, 16)  # 5 samples x 2 views, sample-major
     loss, _ = objective(features, batch_of(5, 2))
     z = projections(objective, features)
@@ -55,7 +87,7 @@ def test_simclr_with_two_views_is_nt_xent():
 
 def test_simclr_multi_positive_follows_eq1_per_pair():
     torch.manual_seed(1)
-    objective = OBJECTIVES.get("simclr")(16, info(), projection_dim=8, temperature=0.5)
+    objective = OBJECTIVES.build("simclr", 16, info(), projection_dim=8, temperature=0.5)
     features = torch.randn(4 * 3, 16)  # 4 samples x 3 views
     loss, _ = objective(features, batch_of(4, 3))
     z = projections(objective, features)
@@ -72,8 +104,8 @@ def test_simclr_multi_positive_follows_eq1_per_pair():
 
 def test_supcon_positives_share_the_class():
     torch.manual_seed(2)
-    objective = OBJECTIVES.get("supcon")(
-        16, info(classes=[0, 1, 2]), projection_dim=8, temperature=0.1
+    objective = OBJECTIVES.build(
+        "supcon", 16, info(classes=[0, 1, 2]), projection_dim=8, temperature=0.1
     )
     labels = [0, 1, 0, 2]
     features = torch.randn(4 * 2, 16)
@@ -92,7 +124,7 @@ def test_supcon_positives_share_the_class():
 
 def test_supcon_anchor_without_positive_gives_no_nan():
     torch.manual_seed(3)
-    objective = OBJECTIVES.get("supcon")(16, info(classes=[0, 1, 2]), projection_dim=8)
+    objective = OBJECTIVES.build("supcon", 16, info(classes=[0, 1, 2]), projection_dim=8)
     features = torch.randn(3, 16, requires_grad=True)
     # One view per sample and three different classes: no anchor has a positive.
     loss, _ = objective(features, batch_of(3, 1, [0, 1, 2]))
@@ -109,7 +141,7 @@ def test_supcon_anchor_without_positive_gives_no_nan():
 
 def test_inverter_regresses_z_and_class_when_conditional():
     torch.manual_seed(4)
-    unconditional = OBJECTIVES.get("inverter")(16, info(z_dim=8))
+    unconditional = OBJECTIVES.build("inverter", 16, info(z_dim=8))
     assert unconditional.class_head is None
     batch = batch_of(4, 1, z_dim=8)
     features = torch.randn(4, 16)
@@ -117,7 +149,7 @@ def test_inverter_regresses_z_and_class_when_conditional():
     expected = F.mse_loss(unconditional.head(features), batch["latents"].flatten(0, 1))
     assert torch.allclose(loss, expected) and "latent_mse" in metrics
 
-    conditional = OBJECTIVES.get("inverter")(16, info(classes=[5, 7], z_dim=8))
+    conditional = OBJECTIVES.build("inverter", 16, info(classes=[5, 7], z_dim=8))
     batch = batch_of(4, 1, [0, 1, 1, 0], z_dim=8)
     loss, metrics = conditional(features, batch)
     expected = F.mse_loss(
@@ -127,12 +159,12 @@ def test_inverter_regresses_z_and_class_when_conditional():
 
 
 def test_objectives_refuse_data_without_their_targets():
-    with pytest.raises(ObjectiveError, match="needs class labels"):
-        OBJECTIVES.get("supcon")(16, info(classes=None))
-    with pytest.raises(ObjectiveError, match="needs class labels"):
-        OBJECTIVES.get("classifier")(16, info(classes=None))
-    with pytest.raises(ObjectiveError, match="real images have no latents"):
-        OBJECTIVES.get("inverter")(16, info(z_dim=None))
+    with pytest.raises(DataError, match="needs class labels"):
+        OBJECTIVES.build("supcon", 16, info(classes=None))
+    with pytest.raises(DataError, match="needs class labels"):
+        OBJECTIVES.build("classifier", 16, info(classes=None))
+    with pytest.raises(DataError, match="real images have no latents"):
+        OBJECTIVES.build("inverter", 16, info(z_dim=None))
 
 
 def test_recipes():
@@ -183,7 +215,7 @@ def _rank_gradients(rank: int, world: int, init_file: str, out: str) -> None:
 
 def _setup(name: str):
     torch.manual_seed(0)
-    objective = OBJECTIVES.get(name)(16, info(classes=[0, 1, 2]), projection_dim=8)
+    objective = OBJECTIVES.build(name, 16, info(classes=[0, 1, 2]), projection_dim=8)
     return objective, torch.randn(8 * 2, 16), torch.tensor([0, 1, 2, 0, 1, 1, 2, 0])
 
 

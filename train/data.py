@@ -31,31 +31,13 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.datasets import ImageFolder
 
-from genrep.manifest import ManifestError, content_hash, find_dataset, load_dataset
-from genrep.shards import (
-    IMAGE_FORMATS,
-    ShardFormatError,
-    decode_sample,
-    iter_raw_samples,
-    stored_frame,
-)
-from genrep.train.transforms import Transform
+from genrep.errors import DataError, ShardFormatError, UsageError
+from genrep.manifest import content_hash, find_dataset, load_dataset
+from genrep.shards import IMAGE_FORMATS, decode_sample, iter_raw_samples, stored_frame
+from genrep.train.tx import Transform
 
 #: Side real images are brought to: the paper trains its real-data baselines at 128 px (App. D).
 REAL_IMAGE_SIZE = 128
-
-
-class DataError(ValueError):
-    """Training input that cannot be used; the message says what to do."""
-
-    def __str__(self) -> str:
-        # Raised in a DataLoader worker, the error comes back with the worker's traceback in its
-        # message; keep the one line that says what is wrong.
-        text = super().__str__()
-        if "Original Traceback" in text:
-            last = text.strip().splitlines()[-1]
-            text = last.split(f"{type(self).__name__}: ", 1)[-1]
-        return text
 
 
 class Source:
@@ -154,11 +136,8 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
     """Shards of the dataset folders (via their manifests) and what they hold in common."""
     paths, counts, manifests, names = [], [], [], []
     for folder in folders:
-        try:
-            manifest, shard_paths = load_dataset(folder)
-            names.append(find_dataset(folder).resolve().name)
-        except ManifestError as err:
-            raise DataError(str(err)) from None
+        manifest, shard_paths = load_dataset(folder)  # a ManifestError is a DataError
+        names.append(find_dataset(folder).resolve().name)
         manifests.append(manifest)
         paths += shard_paths
         counts += [int(entry["samples"]) for entry in manifest["shards"]]
@@ -203,16 +182,17 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
 def open_data(
     shard_folders: Sequence[str | Path], real: str | Path | None, real_fraction: float | None
 ) -> DatasetInfo:
-    """Open the training input named on the command line, checking the combination makes sense."""
+    """Open the training input named on the command line, checking the combination makes sense
+    (a combination of flags that does not is a UsageError, data that cannot be read a DataError)."""
     if not shard_folders and real is None:
-        raise DataError("pass one or more shard folders made by genrep-generate, or --real DIR")
+        raise UsageError("pass one or more shard folders made by genrep-generate, or --real DIR")
     if shard_folders and real is not None and real_fraction is None:
-        raise DataError("--real with shard folders mixes both: pass --real-fraction P (App. F)")
+        raise UsageError("--real with shard folders mixes both: pass --real-fraction P (App. F)")
     if real_fraction is not None:
         if not (shard_folders and real is not None):
-            raise DataError("--real-fraction needs both shard folders and --real DIR")
+            raise UsageError("--real-fraction needs both shard folders and --real DIR")
         if not 0 < real_fraction < 1:
-            raise DataError(f"--real-fraction must be in (0, 1), got {real_fraction}")
+            raise UsageError(f"--real-fraction must be in (0, 1), got {real_fraction}")
     sources: list[Source] = []
     summary: dict[str, Any] = {}
     if shard_folders:

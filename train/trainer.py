@@ -21,13 +21,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from genrep.config import save_config, to_plain
-from genrep.io import atomic_torch_save, atomic_write_bytes, remove_stale_tmp
-from genrep.train.checkpoint import (
+from genrep.config import save_config
+from genrep.encoders import backbone_state, build_backbone, normalize
+from genrep.errors import OutputError, UserError
+from genrep.io import TMP_SUFFIX, atomic_torch_save, atomic_write_bytes, remove_stale_tmp
+from genrep.manifest import MANIFEST
+from genrep.options import autocast_dtype, resolve_device
+from genrep.runs import (
     BACKBONE,
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -36,50 +41,18 @@ from genrep.train.checkpoint import (
     LOG,
     TENSORBOARD,
     load_checkpoint,
-    rng_state,
-    set_rng_state,
 )
-from genrep.train.data import (
-    DatasetInfo,
-    TrainingStream,
-    ViewSpec,
-    check_stream_sizes,
-    open_data,
-    steps_per_epoch,
-)
-from genrep.train.model import TrainModel, backbone_state, build_backbone
-from genrep.train.objectives import OBJECTIVES, Objective
-from genrep.train.transforms import build_recipe, normalize
+from genrep.train.checkpoint import rng_state, set_rng_state
+from genrep.train.config import TrainConfig
+from genrep.train.data import DatasetInfo, TrainingStream, ViewSpec, check_stream_sizes, open_data
+from genrep.train.model import TrainModel
+from genrep.train.objectives import OBJECTIVES
+from genrep.train.tx import build_recipe
 
-#: the batch size at which --lr is given; the lr used scales linearly with the global batch
-LR_REFERENCE_BATCH = 256
-DEFAULT_EPOCHS = 20
 #: the cosine schedule ends at this fraction of the peak lr (eta_min of the released code)
 FINAL_LR_FRACTION = 1e-3
-#: options that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = frozenset(
-    {
-        "workers",
-        "device",
-        "precision",
-        "checkpoint_every",
-        "log_every",
-        "progress",
-        "strict",
-        "shards",
-        "real",
-        "out",
-        "world_size",
-        "local_batch_size",
-    }
-)
-PRECISIONS = ("auto", "bf16", "fp32")
 
 StepHook = Callable[[int, dict[str, Any]], None]
-
-
-class TrainError(ValueError):
-    """A training run that cannot start as asked; the message says what to do."""
 
 
 @dataclass
@@ -99,14 +72,8 @@ def setup_distributed(device: str) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    target = torch.device(device)
+    target = resolve_device(device)
     if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"--device {device}: no CUDA device is visible; use --device cpu")
-        if target.index is None:
-            target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
@@ -134,78 +101,6 @@ class CosineSchedule:
             "warmup_steps": self.warmup_steps,
             "final_lr_fraction": FINAL_LR_FRACTION,
         }
-
-
-def resolve(options: dict[str, Any], info: DatasetInfo, world: int) -> dict[str, Any]:
-    """The full training config: options with every default filled in from the data."""
-    objective = OBJECTIVES.get(options["objective"])
-    objective.check(info)
-    config = dict(options)
-    config["objective"] = objective.name
-    k = info.neighbors
-    views = options.get("views") or objective.default_views or (k + 1 if k else 2)
-    if views < 1:
-        raise TrainError(f"--views must be >= 1, got {views}")
-    if k and views > k + 1:
-        raise TrainError(
-            f"--views {views} needs {views - 1} neighbor views per anchor; "
-            f"{info.name} stores {k}: pass --views {k + 1} or fewer"
-        )
-    if objective.name == "simclr" and views < 2:
-        raise TrainError("simclr contrasts two or more views of a sample: pass --views 2 or more")
-    augment = objective.default_augment if options.get("augment") is None else options["augment"]
-    if objective.contrastive and not augment and k == 0:
-        raise TrainError(
-            f"with --no-augment the views of {info.name} would be identical copies (it has no "
-            "latent neighbor views): drop --no-augment, or train on a dataset made with a view"
-        )
-    recipe = build_recipe(options["tx"])
-    input_size = options.get("input_size") or recipe.default_input_size(info.image_size)
-    batch = options["batch_size"]
-    if batch % world:
-        raise TrainError(f"--batch-size {batch} (global) must be divisible by the {world} ranks")
-    if objective.contrastive and batch < 2:
-        raise TrainError("contrastive objectives need --batch-size 2 or more (in-batch negatives)")
-    if options.get("epochs") is not None and options.get("steps") is not None:
-        raise TrainError("pass --epochs or --steps, not both")
-    per_epoch = steps_per_epoch(info, batch)
-    epochs = options.get("epochs") or DEFAULT_EPOCHS
-    total = options.get("steps") or epochs * per_epoch
-    if options["precision"] not in PRECISIONS:
-        raise TrainError(f"--precision must be one of {', '.join(PRECISIONS)}")
-    config.update(
-        views=views,
-        augment=augment,
-        input_size=input_size,
-        steps=total,
-        epochs=None if options.get("steps") else epochs,
-        steps_per_epoch=per_epoch,
-        lr_scaled=options["lr"] * batch / LR_REFERENCE_BATCH,
-        world_size=world,
-        local_batch_size=batch // world,
-        dataset={
-            "name": info.name,
-            "epoch_size": info.epoch_size,
-            "image_size": info.image_size,
-            "neighbors": k,
-            "z_dim": info.z_dim,
-            "classes": info.classes,
-            "real_fraction": info.real_fraction,
-        },
-        manifest_hash=info.manifest_hash,
-        out=str(options.get("out") or Path("runs") / f"{info.name}-{objective.name}"),
-    )
-    return to_plain(config)
-
-
-def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Settings that differ between a saved run and this command (ignoring resumable ones)."""
-    keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
-    return sorted(
-        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in keys
-        if saved.get(key) != current.get(key)
-    )
 
 
 class RunLog:
@@ -250,8 +145,9 @@ def _checkpoint(
     path: Path,
     model: TrainModel,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     schedule: CosineSchedule,
-    config: dict[str, Any],
+    config: TrainConfig,
     step: int,
     skipped: int,
 ) -> None:
@@ -261,12 +157,13 @@ def _checkpoint(
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "step": step,
-            "epoch": step / config["steps_per_epoch"],
-            "config": config,
-            "manifest_hash": config["manifest_hash"],
+            "epoch": step / config.steps_per_epoch,
+            "config": config.to_plain(),
+            "manifest_hash": config.manifest_hash,
             "backbone": backbone,
             "objective": {k: v.detach().cpu() for k, v in model.objective.state_dict().items()},
             "optimizer": optimizer.state_dict(),
+            "grad_scaler": scaler.state_dict(),
             "scheduler": schedule.state_dict(),
             "rng": rng_state(),
             "skipped_samples": skipped,
@@ -276,14 +173,44 @@ def _checkpoint(
     atomic_torch_save(backbone, path / BACKBONE)
 
 
-def _resume(out: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+def _is_train_config(path: Path) -> bool:
+    """Whether `path` is the config.yaml of a genrep-train run (a dataset folder has one too)."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {"objective", "arch", "lr_scaled"} <= config.keys()
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that is not this command's to write: a file, a dataset folder, or a
+    folder holding anything but a genrep-train run."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; pass a folder for the run")
+    if not out.exists():
+        return
+    if (out / MANIFEST).exists():
+        raise OutputError(
+            f"--out {out} is a dataset folder (it holds {MANIFEST}); pass another --out"
+        )
+    if (out / CHECKPOINT).is_file() or _is_train_config(out / CONFIG):
+        return
+    if any(not entry.name.endswith(TMP_SUFFIX) for entry in out.iterdir()):
+        raise OutputError(
+            f"--out {out} holds files and is not a genrep-train run folder (no {CONFIG} or "
+            f"{CHECKPOINT} of a run); pass a new or empty folder"
+        )
+
+
+def _resume(out: Path, config: TrainConfig) -> dict[str, Any] | None:
     """The run folder's checkpoint if it belongs to this command; refuses a different run."""
+    check_out(out)
     if not (out / CHECKPOINT).exists():
         return None
     checkpoint = load_checkpoint(out / CHECKPOINT)
-    changes = config_changes(checkpoint["config"], config)
+    changes = config.changes_from(checkpoint["config"])
     if changes:
-        raise TrainError(
+        raise OutputError(
             f"{out} holds a run with other settings ({'; '.join(changes)}); rerun "
             "with its settings to resume it, or pass another --out"
         )
@@ -297,7 +224,7 @@ def _check_same_start(start: int, out: Path, device: torch.device) -> None:
     dist.all_reduce(low, dist.ReduceOp.MIN)
     dist.all_reduce(high, dist.ReduceOp.MAX)
     if low != high:
-        raise TrainError(
+        raise OutputError(
             f"the ranks see different checkpoints in {out} (steps {int(low)} to "
             f"{int(high)}): put --out on a filesystem that every node shares"
         )
@@ -315,40 +242,40 @@ def _mean_across_ranks(
 
 
 def train(
-    options: dict[str, Any], hooks: Sequence[StepHook] = (), log: Callable[[str], None] = print
+    config: TrainConfig, hooks: Sequence[StepHook] = (), log: Callable[[str], None] = print
 ) -> Path:
-    """Train as `options` (the CLI's flags) say; returns the run folder."""
-    env = setup_distributed(options["device"])
+    """Train as `config` (the CLI's flags) says; returns the run folder."""
+    env = setup_distributed(config.device)
     distributed = env.world > 1
     try:
-        return _train(options, env, distributed, hooks, log if env.main else (lambda _m: None))
+        return _train(config, env, distributed, hooks, log if env.main else (lambda _m: None))
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(
-    options: dict[str, Any],
+    requested: TrainConfig,
     env: Distributed,
     distributed: bool,
     hooks: Sequence[StepHook],
     log: Callable[[str], None],
 ) -> Path:
-    info = open_data(options["shards"], options.get("real"), options.get("real_fraction"))
-    config = resolve(options, info, env.world)
-    workers = check_stream_sizes(info, env.world, options["workers"], options["batch_size"])
-    if workers < options["workers"]:
+    info = open_data(requested.shards, requested.real, requested.real_fraction)
+    config = requested.resolve(info, env.world, env.device)
+    workers = check_stream_sizes(info, env.world, config.workers, config.batch_size)
+    if workers < config.workers:
         log(f"note: {info.name} is small; using {workers} DataLoader workers per rank")
-    out = Path(config["out"])
+    out = Path(config.out)
     checkpoint = _resume(out, config)
     start = int(checkpoint["step"]) if checkpoint else 0
     if distributed:
         _check_same_start(start, out, env.device)
-    total = config["steps"]
+    total = config.steps
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(out)
-        save_config(out / CONFIG, config)
+        save_config(out / CONFIG, config.to_plain())
     if checkpoint and start >= total:
         if env.main and not (out / BACKBONE).exists():
             atomic_torch_save(checkpoint["backbone"], out / BACKBONE)
@@ -358,16 +285,20 @@ def _train(
     model = _build_model(config, info, env.device)
     optimizer = torch.optim.SGD(
         model.parameters(),
-        lr=config["lr_scaled"],
-        momentum=config["momentum"],
-        weight_decay=config["weight_decay"],
+        lr=config.lr_scaled,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
-    schedule = CosineSchedule(config["lr_scaled"], total, config["warmup_steps"])
+    # fp16 needs its gradients scaled (they underflow otherwise); bf16 and fp32 do not.
+    scaler = torch.amp.GradScaler(env.device.type, enabled=config.precision == "fp16")
+    schedule = CosineSchedule(config.lr_scaled, total, config.warmup_steps)
     skipped_total = 0
     if checkpoint:
         model.backbone.load_state_dict(checkpoint["backbone"])
         model.objective.load_state_dict(checkpoint["objective"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler.is_enabled() and checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
         set_rng_state(checkpoint["rng"])
         skipped_total = int(checkpoint.get("skipped_samples", 0))
         log(f"resuming {out} at step {start}/{total}")
@@ -379,20 +310,17 @@ def _train(
     )
     loader = _loader(config, info, env, start, workers)
 
-    precision = config["precision"]
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    autocast = (
-        partial(torch.autocast, env.device.type, dtype=torch.bfloat16) if bf16 else nullcontext
-    )
+    dtype = autocast_dtype(config.precision)
+    autocast = partial(torch.autocast, env.device.type, dtype=dtype) if dtype else nullcontext
     run_log = RunLog(out, start, env.main)
-    views = config["views"]
-    images_per_step = config["batch_size"] * views
+    views = config.views
+    images_per_step = config.batch_size * views
     bar = tqdm(
         total=total,
         initial=start,
         unit="step",
         dynamic_ncols=True,
-        disable=not (env.main and config["progress"]),
+        disable=not (env.main and config.progress),
     )
     pending: dict[str, list[torch.Tensor]] = {}
     skipped_recent = torch.zeros((), dtype=torch.long)
@@ -419,8 +347,9 @@ def _train(
             with autocast():
                 loss, metrics = wrapped(images, targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             done = step + 1
             for name, value in {"loss": loss.detach(), **metrics}.items():
                 pending.setdefault(name, []).append(value)
@@ -429,7 +358,7 @@ def _train(
             bar.update(1)
             for hook in hooks:
                 hook(done, batch)
-            if done % config["log_every"] == 0 or done == total:
+            if done % config.log_every == 0 or done == total:
                 values = _mean_across_ranks(
                     {name: torch.stack(v).mean() for name, v in pending.items()},
                     env.device,
@@ -440,7 +369,7 @@ def _train(
                     dist.all_reduce(skipped)
                 skipped_total += int(skipped)
                 if not math.isfinite(values["loss"]):
-                    raise TrainError(
+                    raise UserError(
                         f"the loss is {values['loss']} at step {done}: lower --lr "
                         "(or add --warmup-steps) and rerun with another --out"
                     )
@@ -448,7 +377,7 @@ def _train(
                 rate = images_per_step * window_steps / max(elapsed, 1e-9)
                 values.update(
                     lr=lr,
-                    epoch=done / config["steps_per_epoch"],
+                    epoch=done / config.steps_per_epoch,
                     images_per_s=rate,
                     skipped_samples=skipped_total,
                 )
@@ -457,8 +386,8 @@ def _train(
                 pending.clear()
                 skipped_recent.zero_()
                 window_start, window_steps = time.perf_counter(), 0
-            if env.main and (done % config["checkpoint_every"] == 0 or done == total):
-                _checkpoint(out, model, optimizer, schedule, config, done, skipped_total)
+            if env.main and (done % config.checkpoint_every == 0 or done == total):
+                _checkpoint(out, model, optimizer, scaler, schedule, config, done, skipped_total)
     finally:
         bar.close()
         run_log.close()
@@ -474,15 +403,12 @@ def _train(
     return out
 
 
-def _build_model(config: dict[str, Any], info: DatasetInfo, device: torch.device) -> TrainModel:
+def _build_model(config: TrainConfig, info: DatasetInfo, device: torch.device) -> TrainModel:
     """Backbone + objective head, initialised alike on every rank (seeded)."""
-    torch.manual_seed(config["seed"])
-    backbone = build_backbone(config["arch"])
-    objective: Objective = OBJECTIVES.get(config["objective"])(
-        backbone.feature_dim,
-        info,
-        projection_dim=config["projection_dim"],
-        temperature=config["temperature"],
+    torch.manual_seed(config.seed)
+    backbone = build_backbone(config.arch)
+    objective = OBJECTIVES.build(
+        config.objective, backbone.feature_dim, info, **config.objective_options()
     )
     model = TrainModel(backbone, objective).to(device)
     if device.type == "cuda":
@@ -492,31 +418,31 @@ def _build_model(config: dict[str, Any], info: DatasetInfo, device: torch.device
 
 
 def _loader(
-    config: dict[str, Any], info: DatasetInfo, env: Distributed, start: int, workers: int
+    config: TrainConfig, info: DatasetInfo, env: Distributed, start: int, workers: int
 ) -> DataLoader:
     """This rank's DataLoader, positioned at step `start`."""
-    objective = OBJECTIVES.get(config["objective"])
-    recipe = build_recipe(config["tx"])
+    objective = OBJECTIVES.get(config.objective)
+    recipe = build_recipe(config.tx)
     spec = ViewSpec(
-        views=config["views"],
+        views=config.views,
         transform=(
-            recipe.augment(config["input_size"])
-            if config["augment"]
-            else recipe.plain(config["input_size"], info.image_size)
+            recipe.augment(config.input_size)
+            if config.augment
+            else recipe.plain(config.input_size, info.image_size)
         ),
         neighbors=info.neighbors,
         needs_latents=objective.needs_latents,
         needs_labels=objective.uses_labels(info),
         label_index={c: i for i, c in enumerate(info.classes)} if info.classes else None,
-        strict=config["strict"],
-        seed=config["seed"],
+        strict=config.strict,
+        seed=config.seed,
     )
     stream = TrainingStream(
-        info, spec, env.rank, env.world, config["local_batch_size"], start, config["shuffle_buffer"]
+        info, spec, env.rank, env.world, config.local_batch_size, start, config.shuffle_buffer
     )
     return DataLoader(
         stream,
-        batch_size=config["local_batch_size"],
+        batch_size=config.local_batch_size,
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
     )

@@ -1,0 +1,237 @@
+"""The configuration of a training run: every flag of `genrep-train`, and what `resolve` derives.
+
+One frozen, typed record goes from the command line to the trainer, and into `checkpoint.pt` and
+`config.yaml` as a plain dict whose keys are its field names. Field metadata says which settings
+may differ when a run resumes (`resumable`), which are options of the objective
+(`objective_option`: the objective's constructor takes them, and others refuse them), and the
+range a number must lie in, checked when the record is made, so that a bad flag is refused before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genrep.config import to_plain
+from genrep.errors import UsageError
+from genrep.options import default_workers, flag_label, resolve_precision
+from genrep.train.data import DatasetInfo, steps_per_epoch
+from genrep.train.objectives import OBJECTIVES
+from genrep.train.tx import build_recipe
+
+#: the batch size at which --lr is given; the lr used scales linearly with the global batch
+LR_REFERENCE_BATCH = 256
+DEFAULT_EPOCHS = 20
+#: arguments of an objective's constructor before its options: feature width and dataset info
+OBJECTIVE_CONTEXT = 2
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    default_factory: Any = MISSING,
+    resumable: bool = False,
+    objective_option: bool = False,
+    at_least: float | None = None,
+    above: float | None = None,
+) -> Any:
+    """A field of `TrainConfig` with its metadata (see the module docstring)."""
+    metadata = {
+        "resumable": resumable,
+        "objective_option": objective_option,
+        "at_least": at_least,
+        "above": above,
+    }
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a run records about its training input (`dataset` in config.yaml)."""
+
+    name: str
+    epoch_size: int
+    image_size: int
+    neighbors: int
+    z_dim: int | None
+    classes: tuple[int | str, ...] | None
+    real_fraction: float | None
+
+    @classmethod
+    def of(cls, info: DatasetInfo) -> DataSummary:
+        classes = None if info.classes is None else tuple(info.classes)
+        return cls(
+            info.name,
+            info.epoch_size,
+            info.image_size,
+            info.neighbors,
+            info.z_dim,
+            classes,
+            info.real_fraction,
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; `resolve` fills in what the flags leave to the data."""
+
+    # the training input
+    shards: tuple[str, ...] = setting((), resumable=True)
+    real: str | None = setting(None, resumable=True)
+    real_fraction: float | None = None
+    # what is learned
+    objective: str = "simclr"
+    arch: str = "resnet50"
+    tx: str = "genrep"
+    augment: bool | None = None
+    input_size: int | None = setting(None, at_least=1)
+    views: int | None = setting(None, at_least=1)
+    temperature: float | None = setting(None, objective_option=True, above=0)
+    projection_dim: int | None = setting(None, objective_option=True, at_least=1)
+    # the optimisation
+    batch_size: int = setting(256, at_least=1)
+    lr: float = setting(0.03, above=0)
+    momentum: float = setting(0.9, at_least=0)
+    weight_decay: float = setting(1e-4, at_least=0)
+    epochs: int | None = setting(None, at_least=1)
+    steps: int | None = setting(None, at_least=1)
+    warmup_steps: int = setting(0, at_least=0)
+    shuffle_buffer: int = setting(1000, at_least=1)
+    seed: int = 0
+    # how it runs and where it writes
+    workers: int = setting(default_factory=default_workers, resumable=True, at_least=0)
+    device: str = setting("auto", resumable=True)
+    precision: str = setting("auto", resumable=True)
+    checkpoint_every: int = setting(500, resumable=True, at_least=1)
+    log_every: int = setting(10, resumable=True, at_least=1)
+    strict: bool = setting(False, resumable=True)
+    progress: bool = setting(True, resumable=True)
+    out: str | None = setting(None, resumable=True)
+    # filled in by `resolve`
+    steps_per_epoch: int | None = None
+    lr_scaled: float | None = None
+    world_size: int | None = setting(None, resumable=True)
+    local_batch_size: int | None = setting(None, resumable=True)
+    dataset: DataSummary | None = None
+    manifest_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            at_least, above = spec.metadata.get("at_least"), spec.metadata.get("above")
+            if value is None or (at_least is None and above is None):
+                continue
+            rule = f">= {at_least}" if at_least is not None else f"> {above}"
+            if isinstance(value, float):
+                rule = f"a finite number {rule}"
+            if not (
+                math.isfinite(value)
+                and (at_least is None or value >= at_least)
+                and (above is None or value > above)
+            ):
+                raise UsageError(f"{flag_label(spec.name)} must be {rule}, got {value}")
+
+    def objective_options(self) -> dict[str, Any]:
+        """The objective's options as set here (None: the objective's default, or not taken)."""
+        return {
+            spec.name: getattr(self, spec.name)
+            for spec in fields(self)
+            if spec.metadata.get("objective_option")
+        }
+
+    def to_plain(self) -> dict[str, Any]:
+        """The config as saved in checkpoint.pt and config.yaml."""
+        return to_plain(asdict(self))
+
+    def resolve(self, info: DatasetInfo, world: int, device: torch.device) -> TrainConfig:
+        """This config with every default filled in from the data, the ranks and the device;
+        a combination that cannot train is a one-line UsageError (or DataError)."""
+        objective = OBJECTIVES.get(self.objective)
+        objective.check(info)
+        k = info.neighbors
+        views = self.views or objective.default_views or (k + 1 if k else 2)
+        if k and views > k + 1:
+            raise UsageError(
+                f"--views {views} needs {views - 1} neighbor views per anchor; "
+                f"{info.name} stores {k}: pass --views {k + 1} or fewer"
+            )
+        if views < objective.min_views:
+            raise UsageError(
+                f"{objective.name} needs {objective.min_views} or more views of a sample: "
+                f"pass --views {objective.min_views} or more"
+            )
+        augment = objective.default_augment if self.augment is None else self.augment
+        if objective.contrastive and not augment and k == 0:
+            raise UsageError(
+                f"with --no-augment the views of {info.name} would be identical copies (it has no "
+                "latent neighbor views): drop --no-augment, or train on a dataset made with a view"
+            )
+        recipe = build_recipe(self.tx)
+        batch = self.batch_size
+        if batch % world:
+            raise UsageError(
+                f"--batch-size {batch} (global) must be divisible by the {world} ranks"
+            )
+        if objective.contrastive and batch < 2:
+            raise UsageError(
+                "contrastive objectives need --batch-size 2 or more (in-batch negatives)"
+            )
+        if self.epochs is not None and self.steps is not None:
+            raise UsageError("pass --epochs or --steps, not both")
+        per_epoch = steps_per_epoch(info, batch)
+        epochs = self.epochs or DEFAULT_EPOCHS
+        return replace(
+            self,
+            objective=objective.name,
+            tx=recipe.name,
+            views=views,
+            augment=augment,
+            input_size=self.input_size or recipe.default_input_size(info.image_size),
+            steps=self.steps or epochs * per_epoch,
+            epochs=None if self.steps else epochs,
+            device=str(device),
+            precision=resolve_precision(self.precision, device),
+            out=str(self.out or Path("runs") / f"{info.name}-{objective.name}"),
+            steps_per_epoch=per_epoch,
+            lr_scaled=self.lr * batch / LR_REFERENCE_BATCH,
+            world_size=world,
+            local_batch_size=batch // world,
+            dataset=DataSummary.of(info),
+            manifest_hash=info.manifest_hash,
+            **self._effective_objective_options(objective.name),
+        )
+
+    def _effective_objective_options(self, objective: str) -> dict[str, Any]:
+        """Each objective option as the objective will use it (its default when not given), None
+        for those it does not take; giving one it does not take is a UsageError."""
+        given = OBJECTIVES.check_options(
+            objective, OBJECTIVE_CONTEXT, option_label=flag_label, **self.objective_options()
+        )
+        taken = OBJECTIVES.options(objective, OBJECTIVE_CONTEXT)
+        return {
+            name: given.get(name, taken[name].default) if name in taken else None
+            for name in self.objective_options()
+        }
+
+    def changes_from(self, saved: dict[str, Any]) -> list[str]:
+        """The settings in which a saved run's config differs from this one, except those that
+        may change on resume (and objective options this objective does not take: they have no
+        effect, though an earlier genrep recorded them)."""
+        current = self.to_plain()
+        ignored = {
+            spec.name
+            for spec in fields(self)
+            if spec.metadata.get("resumable")
+            or (spec.metadata.get("objective_option") and current[spec.name] is None)
+        }
+        return sorted(
+            f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+            for key in (set(saved) | set(current)) - ignored
+            if saved.get(key) != current.get(key)
+        )

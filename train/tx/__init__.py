@@ -1,0 +1,8 @@
+"""Pixel-space transformations Tx. Each module of this package registers one recipe by name.
+
+A recipe gives the augmenting Tx of a view and the plain transform of `--no-augment`; see `base.py`.
+"""
+
+from genrep.train.tx.base import TX_RECIPES, Transform, TxRecipe, build_recipe
+
+__all__ = ["TX_RECIPES", "Transform", "TxRecipe", "build_recipe"]
