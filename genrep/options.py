@@ -239,7 +239,7 @@ class RegistryChoice(click.ParamType):
         if self.registry.accepts_references and is_reference(text) and ctx and param:
             source = ctx.get_parameter_source(param.name)
             if source is not click.core.ParameterSource.COMMANDLINE:
-                where = ctx.meta.get(CONFIG_META) or f"the {source.name.lower()} value"
+                where = ctx.meta.get(CONFIG_META) or "a value not typed on the command line"
                 flag = param.opts[0] if getattr(param, "opts", None) else param.name
                 raise UsageError(
                     f"{where} sets {flag} to the code reference {text!r}; genrep imports code only "

@@ -277,8 +277,8 @@ class Registry(Generic[T]):
                 ) from err
         if not callable(entry):
             raise PluginError(
-                f"{self.kind} {name!r} is a {type(entry).__name__}, not a class or function "
-                f"that builds a {self.kind}"
+                f"{self.kind} {name!r} names a value of type {type(entry).__name__}, not the class or "
+                f"function that builds a {self.kind}"
             )
         if not is_reference(name):
             self._plugins[name] = (entry, source)

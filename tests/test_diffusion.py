@@ -3,7 +3,6 @@ the initial noise as z, determinism for any batch size, the views, and bad input
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import yaml
 from click.testing import CliRunner
 from conftest import run_generate
 from diffusion_helpers import make_tiny_pipeline
-from stage_helpers import train_tiny, verify
+from stage_helpers import invoke_generate as invoke
+from stage_helpers import one_line_error, shard_bytes, train_tiny, verify
 
 from genrep.errors import UsageError
-from genrep.generate.cli import main as generate_main
 from genrep.generate.cli import steer_main
 from genrep.generate.models import build_generator
 from genrep.generate.models.diffusion import (
@@ -75,28 +74,9 @@ def model_flags(pipeline: Path, prompts: Path) -> tuple[str, ...]:
     )
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(generate_main, ["--no-progress", *args])
-
-
-def one_line_error(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
 def samples(folder: Path):
     _, paths = load_dataset(folder)
     return [decode_sample(raw) for path in paths for raw in iter_raw_samples(path)]
-
-
-def shard_bytes(folder: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.glob("shard-*.tar"))
-    }
 
 
 def test_prompts_as_classes_generate_verify_and_train_supcon(pipeline, prompts, tmp_path):
@@ -213,7 +193,7 @@ def test_prompt_file_formats(tmp_path):
         ("empty.txt", "# nothing\n", "holds no prompts"),
         ("empty-class.yaml", "dog: []\n", "class 'dog'"),
         ("number.yaml", "dog: [3]\n", "class 'dog'"),
-        ("scalar.yaml", "3\n", "holds a int"),
+        ("scalar.yaml", "3\n", "holds neither a mapping nor a list"),
         ("bad.yaml", "dog: [a\n", "not valid YAML"),
     ]:
         (tmp_path / name).write_text(content)
@@ -221,6 +201,9 @@ def test_prompt_file_formats(tmp_path):
             read_prompts(tmp_path / name)
     with pytest.raises(UsageError, match="there is no file"):
         read_prompts(tmp_path / "missing.txt")
+    (tmp_path / "latin1.txt").write_bytes("un café\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="is not UTF-8 text"):
+        read_prompts(tmp_path / "latin1.txt")
 
 
 def test_bad_options_and_pipelines_fail_in_one_line(pipeline, prompts, tmp_path, monkeypatch):

@@ -3,18 +3,16 @@ and as an installed entry point, end to end; and the rules that keep a dataset f
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 from conftest import run_generate
-from stage_helpers import train_tiny, verify
+from stage_helpers import invoke_generate as invoke
+from stage_helpers import one_line_error, shard_bytes, train_tiny, verify
 
-from genrep.generate.cli import main as generate_main
 from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.models.base import file_label, parameters_sha256
 from genrep.generate.models.embedded import build_embedded
@@ -33,25 +31,6 @@ def example_source() -> str:
     return match.group(1)
 
 
-def shard_bytes(folder: Path) -> dict[str, str]:
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.glob("shard-*.tar"))
-    }
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(generate_main, ["--no-progress", *args])
-
-
-def one_line_error(result, exit_code: int) -> str:
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    return errors[0]
-
-
 @pytest.fixture
 def plugin_file(tmp_path: Path) -> Path:
     path = tmp_path / "plugins" / "tiny_genrep.py"
@@ -60,26 +39,34 @@ def plugin_file(tmp_path: Path) -> Path:
     return path
 
 
-def install(site: Path, package: str, source: str, entry_points: str) -> None:
-    """A package in `site` with the metadata pip would write (importlib.metadata reads it)."""
-    (site / package).mkdir(parents=True)
-    (site / package / "__init__.py").write_text(source)
-    info = site / f"{package}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n")
-    (info / "top_level.txt").write_text(f"{package}\n")
-    (info / "entry_points.txt").write_text(entry_points)
+@pytest.fixture
+def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`install(package, source, entry_points)`: a package on sys.path with the metadata pip would
+    write (importlib.metadata reads it), uninstalled after the test."""
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(GENERATORS, "_plugins", {})  # forget entry points loaded by other tests
+    packages = []
+
+    def install_package(package: str, source: str, entry_points: str) -> None:
+        (site / package).mkdir(parents=True)
+        (site / package / "__init__.py").write_text(source)
+        info = site / f"{package}-0.1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n")
+        (info / "top_level.txt").write_text(f"{package}\n")
+        (info / "entry_points.txt").write_text(f"[genrep.generators]\n{entry_points}\n")
+        packages.append(package)
+
+    yield install_package
+    for package in packages:
+        sys.modules.pop(package, None)
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def installed_plugin(install) -> None:
     """The example installed as the distribution `tinyplug`, declaring model `tiny`."""
-    site = tmp_path / "site"
-    install(site, "tinyplug", example_source(), "[genrep.generators]\ntiny = tinyplug:build\n")
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(GENERATORS, "_plugins", {})
-    yield site
-    sys.modules.pop("tinyplug", None)
+    install("tinyplug", example_source(), "tiny = tinyplug:build")
 
 
 def test_example_plugin_from_a_file_generates_verifies_and_trains(plugin_file, tmp_path):
@@ -201,7 +188,12 @@ def test_plugin_pixels_do_not_depend_on_the_batch(plugin_file, tmp_path):
         ),
         ("def build(:\n", "broken.py:build", 1, r"SyntaxError: .*broken\.py, line 1"),
         ("x = 1\n", "broken.py:build", 2, r"has no attribute 'build'"),
-        ("build = 3\n", "broken.py:build", 1, r"is a int, not a class or function"),
+        (
+            "build = 3\n",
+            "broken.py:build",
+            1,
+            r"names a value of type int, not the class or function",
+        ),
         (
             "import torch\ndef build(w, c, d):\n    return torch.zeros(1)\n",
             "broken.py:build",
@@ -230,33 +222,18 @@ def test_unknown_model_option_lists_the_plugins_options(plugin_file, tmp_path):
     assert "--model-option width, --model-option seed" in line
 
 
-def test_entry_point_cannot_shadow_a_builtin_model(tmp_path, monkeypatch, capsys):
-    site = tmp_path / "site"
-    install(
-        site, "shadowplug", example_source(), "[genrep.generators]\nembedded = shadowplug:build\n"
-    )
-    monkeypatch.syspath_prepend(str(site))
+def test_entry_point_cannot_shadow_a_builtin_model(install, capsys):
+    install("shadowplug", example_source(), "embedded = shadowplug:build")
     assert GENERATORS.get("embedded") is build_embedded
     assert "embedded" not in GENERATORS.plugin_names()
     assert "ignoring the genrep.generators entry point 'embedded'" in capsys.readouterr().err
 
 
-def test_broken_entry_point_fails_in_one_line(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    install(
-        site,
-        "brokenplug",
-        "raise ImportError('needs libfoo')\n",
-        "[genrep.generators]\nbroken = brokenplug:build\n",
-    )
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(GENERATORS, "_plugins", {})
+def test_broken_entry_point_fails_in_one_line(install, tmp_path):
+    install("brokenplug", "raise ImportError('needs libfoo')\n", "broken = brokenplug:build")
     line = one_line_error(invoke("--model", "broken", "--n", "2", "--out", str(tmp_path / "ds")), 1)
-    assert (
-        "'broken' (brokenplug:build, brokenplug 0.1.0) failed to load: ImportError: needs libfoo"
-        in line
-    )
-    sys.modules.pop("brokenplug", None)
+    assert "model 'broken' (brokenplug:build, brokenplug 0.1.0) failed to load: " in line
+    assert "ImportError: needs libfoo" in line
 
 
 def test_references_and_file_labels():

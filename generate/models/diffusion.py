@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ def read_prompts(path: str | os.PathLike) -> Prompts:
     advice = "pass a text file with one prompt per line, or a YAML mapping class -> prompts"
     if not path.is_file():
         raise UsageError(f"prompts: there is no file {path}; {advice}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"prompts: {path} is not UTF-8 text; {advice}") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
@@ -107,7 +111,7 @@ def read_prompts(path: str | os.PathLike) -> Prompts:
             entries = data
             names = [entry if isinstance(entry, str) else str(i) for i, entry in enumerate(data)]
         else:
-            raise UsageError(f"prompts: {path} holds a {type(data).__name__}; {advice}")
+            raise UsageError(f"prompts: {path} holds neither a mapping nor a list; {advice}")
         prompts = [[entry] if isinstance(entry, str) else entry for entry in entries]
     else:
         lines = [line.strip() for line in text.splitlines()]
@@ -214,7 +218,8 @@ def pipeline_sha256(root: Path) -> str:
 
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
-    """Silence diffusers' and transformers' info logs and progress bars while loading."""
+    """Silence diffusers' and transformers' info logs, progress bars and deprecation notices
+    while loading: a user of genrep cannot act on them."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -224,7 +229,9 @@ def _quiet_libraries() -> Iterator[None]:
         library.set_verbosity_error()
         library.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the libraries' deprecation notices
+            yield
     finally:
         for library, verbosity, progress in saved:
             library.set_verbosity(verbosity)
