@@ -31,6 +31,7 @@ from genrep.shards import decode_sample, iter_raw_samples
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
+huggingface_hub = pytest.importorskip("huggingface_hub")
 
 PROMPTS = {
     "dog": ["a photo of a dog", "a dog running on grass"],
@@ -240,10 +241,22 @@ def test_bad_options_and_pipelines_fail_in_one_line(pipeline, prompts, tmp_path,
         cache = weights_dir() / "diffusers" / hub_id.replace("/", "--")
         assert f"diffusers pipeline {hub_id} is not in the cache" in line
         assert f"hf download {hub_id} --local-dir {cache}" in line
-    # a Hub pipeline already in the cache needs no network
+    # a Hub pipeline already in genrep's cache, or complete in Hugging Face's, needs no network
     shutil.copytree(pipeline, weights_dir() / "diffusers" / "someone--tiny-sd")
     built = build_generator("diffusers", weights="someone/tiny-sd", prompts=str(prompts), steps=2)
     assert built.weights_sha256 == pipeline_sha256(pipeline)
+    hub_cache = tmp_path / "hf-hub"
+    repo = hub_cache / "models--someone--cached-sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    shutil.copytree(pipeline, repo / "snapshots" / "0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
+    built = build_generator("diffusers", weights="someone/cached-sd", prompts=str(prompts))
+    assert built.weights_sha256 == pipeline_sha256(pipeline)
+    shutil.rmtree(repo / "snapshots" / "0123abcd" / "vae")  # incomplete: genrep would fetch it
+    assert "someone/cached-sd is not in the cache" in one_line_error(
+        invoke(*base, "--weights", "someone/cached-sd", *prompt_option), 1
+    )
 
     sdxl = tmp_path / "sdxl"
     shutil.copytree(pipeline, sdxl)

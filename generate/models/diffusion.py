@@ -11,7 +11,8 @@ StableRep / SynCLR setting, where the classes are prompts.
   `forward`'s y is `class + num_classes * prompt_index`, so a plain class id means its first prompt.
 - The pipeline is read component by component (unet, vae, text_encoder, tokenizer, scheduler) with
   fixed classes and safetensors only: nothing in the folder is executed or unpickled. `--weights` is
-  a local pipeline folder or a Hugging Face Hub id, fetched into the genrep cache.
+  a local pipeline folder or a Hugging Face Hub id, read from the genrep cache or the Hugging Face
+  cache, else fetched into the genrep cache.
 - On the CPU every sample is denoised on its own (a batched UNet changes the low bits of a sample's
   result with the batch it is in); on CUDA the batch runs at once. `--precision fp16/bf16` runs the
   text encoder and UNet under autocast; the DDIM update and the VAE decoder stay float32.
@@ -143,7 +144,8 @@ def _as_int(name: str, value: Any, minimum: int) -> int:
 
 def resolve_pipeline(weights: str | None) -> Path:
     """The local pipeline folder for `--weights`: a folder as given, or a Hub id (default
-    `DEFAULT_PIPELINE`) fetched once into `$GENREP_HOME/weights/diffusers/`."""
+    `DEFAULT_PIPELINE`) found in `$GENREP_HOME/weights/diffusers/` or complete in the Hugging Face
+    cache, else fetched once into the former."""
     spec = weights or DEFAULT_PIPELINE
     path = Path(spec).expanduser()
     if path.exists():
@@ -158,15 +160,18 @@ def resolve_pipeline(weights: str | None) -> Path:
     cached = weights_dir() / "diffusers" / spec.replace("/", "--")
     if cached.is_dir() and not _missing_files(cached):
         return cached
+    hub_cache = _hub_cache_copy(spec)
+    if hub_cache is not None:
+        return hub_cache
     fetch = (
         f"fetch it with `hf download {spec} --local-dir {cached} --include "
-        f"{' '.join(HUB_INCLUDE)} --exclude {' '.join(repr(p) for p in HUB_EXCLUDE)}` "
-        "or pass --weights PIPELINE_FOLDER"
+        f"{' '.join(repr(p) for p in HUB_INCLUDE)} --exclude "
+        f"{' '.join(repr(p) for p in HUB_EXCLUDE)}` or pass --weights PIPELINE_FOLDER"
     )
     if downloads_disabled() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         raise WeightsError(
-            f"diffusers pipeline {spec} is not in the cache {cached} and downloads are off "
-            f"(GENREP_OFFLINE or HF_HUB_OFFLINE): {fetch}"
+            f"diffusers pipeline {spec} is not in the cache {cached} (nor complete in the "
+            f"Hugging Face cache) and downloads are off (GENREP_OFFLINE or HF_HUB_OFFLINE): {fetch}"
         )
     try:
         from huggingface_hub import snapshot_download
@@ -186,6 +191,18 @@ def resolve_pipeline(weights: str | None) -> Path:
     if missing:
         raise WeightsError(f"the Hub copy of {spec} lacks {', '.join(missing)}: {fetch}")
     return cached
+
+
+def _hub_cache_copy(repo_id: str) -> Path | None:
+    """The pipeline `repo_id` in the Hugging Face cache, where diffusers keeps what it downloads,
+    when it is complete there (read without any network call)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not in that cache (or no huggingface_hub): genrep fetches it itself
+        return None
+    return None if _missing_files(folder) else folder
 
 
 def _weight_files(folder: Path) -> list[Path]:
