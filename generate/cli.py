@@ -53,7 +53,9 @@ def generator_options(command: Callable) -> Callable:
                 "--model",
                 type=RegistryChoice(GENERATORS),
                 default="embedded",
-                help="Generator registry name.",
+                help="Generator: a built-in or installed (--list) model name, or your own code as "
+                "package.module:attr or path/to/file.py:attr (command line only; "
+                "docs/generators.md).",
             ),
             click.option(
                 "--weights",
@@ -149,6 +151,10 @@ def main(
     """
     if list_names:
         click.echo("models: " + ", ".join(GENERATORS.names()))
+        plugins = GENERATORS.plugin_names()
+        if plugins:
+            listed = ", ".join(f"{name} ({where})" for name, where in plugins.items())
+            click.echo(f"installed plugin models: {listed}")
         click.echo("views: " + ", ".join(VIEWS.names()))
         return
     options["format"] = format_

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from genrep.config import to_plain
 from genrep.errors import OutputError, UsageError
-from genrep.generate.models.base import Generator, build_generator
-from genrep.generate.steer import cached_walks
+from genrep.generate.models.base import Generator, build_generator, file_label
+from genrep.generate.steer import cached_walks, check_steerable
 from genrep.generate.views.base import VIEWS, View, build_view
 from genrep.io import atomic_open, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
@@ -155,8 +155,10 @@ def make_plan(
         truncation = generator.default_truncation
     view_name = VIEWS.canonical(options.get("view") or "gaussian")
     walks = options.get("walks")
-    if view_name == "steer" and walks is None:
-        walks = str(cached_walks(generator, log=log, progress=progress))
+    if view_name == "steer":
+        check_steerable(generator)
+        if walks is None:
+            walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
         view_name, generator, truncation=truncation, sigma=options.get("sigma"), walks=walks
     )
@@ -175,7 +177,7 @@ def make_plan(
     shard_size = options.get("shard_size", 1000)
     if shard_size <= 0:
         raise UsageError(f"--shard-size must be > 0, got {shard_size}")
-    out = Path(options.get("out") or Path("shards") / f"{generator.name}-{view.name}")
+    out = Path(options.get("out") or Path("shards") / f"{file_label(generator.name)}-{view.name}")
     return Plan(
         generator=generator,
         view=view,
@@ -195,13 +197,31 @@ def make_plan(
     )
 
 
-def sample_latents(plan: Plan, index: int) -> tuple[np.ndarray, int | None, np.ndarray, list[dict]]:
-    """Anchor latent, class, neighbor latents and view parameters of sample `index`."""
+class SampleLatents(NamedTuple):
+    """What the generator is given for one sample, and what its json records about it."""
+
+    z: np.ndarray
+    label: int | None
+    neighbor_z: np.ndarray
+    params: list[dict]
+    #: the y of every view of the sample (`Generator.condition`), and its record
+    y: int | None
+    condition: dict[str, Any]
+
+
+def sample_latents(plan: Plan, index: int) -> SampleLatents:
+    """Anchor latent, class, neighbor latents, view parameters and condition of sample `index`.
+
+    Sample i has class `classes[i % C]` and is that class's (i // C)-th sample."""
     rng = sample_rng(plan.seed, index)
-    label = plan.classes[index % len(plan.classes)] if plan.classes else None
+    label, y, condition = None, None, {}
+    if plan.classes:
+        label = plan.classes[index % len(plan.classes)]
+        y, condition = plan.generator.condition(label, index // len(plan.classes))
     z = truncated_normal(rng, plan.generator.z_dim, plan.truncation)
     neighbor_z, params = plan.view.neighbors(z, label, rng, plan.neighbors)
-    return z, label, np.asarray(neighbor_z, np.float32).reshape(plan.neighbors, z.shape[0]), params
+    neighbor_z = np.asarray(neighbor_z, np.float32).reshape(plan.neighbors, z.shape[0])
+    return SampleLatents(z, label, neighbor_z, params, y, condition)
 
 
 def stored_size(frame: str, size: int | None, native: tuple[int, int]) -> tuple[int, int]:
@@ -263,7 +283,7 @@ class _ShardJob:
     def __init__(self, k: int, indices: range) -> None:
         self.k, self.indices = k, indices
         self.parts: list[futures.Future | list[bytes]] = []
-        self.latents: list[tuple[np.ndarray, int | None, np.ndarray, list[dict]]] = []
+        self.latents: list[SampleLatents] = []
 
     def images(self) -> list[bytes]:
         return [
@@ -341,10 +361,10 @@ class ShardGenerator:
         job = _ShardJob(k, plan.shard_indices(k))
         job.latents = [sample_latents(plan, i) for i in job.indices]
         # Images of the shard in storage order: each anchor followed by its neighbors.
-        z_all = np.stack([z for sample in job.latents for z in (sample[0], *sample[2])])
+        z_all = np.stack([z for sample in job.latents for z in (sample.z, *sample.neighbor_z)])
         labels = None
         if plan.classes is not None:
-            labels = np.repeat([sample[1] for sample in job.latents], 1 + plan.neighbors)
+            labels = np.repeat([sample.y for sample in job.latents], 1 + plan.neighbors)
         for start in range(0, len(z_all), self.batch_size):
             stop = start + self.batch_size
             images = self._forward(
@@ -364,24 +384,24 @@ class ShardGenerator:
         plan = self.plan
         images, per = job.images(), 1 + plan.neighbors
         samples = []
-        for j, (index, (z, label, neighbor_z, params)) in enumerate(
-            zip(job.indices, job.latents, strict=True)
-        ):
+        for j, (index, sample) in enumerate(zip(job.indices, job.latents, strict=True)):
             meta = {
                 "index": index,
-                "class": label,
+                "class": sample.label,
                 "view": plan.view.name,
-                "neighbors": [{"params": p} for p in params],
+                "neighbors": [{"params": p} for p in sample.params],
             }
+            if sample.condition:
+                meta["condition"] = sample.condition
             samples.append(
                 encode_sample(
                     index,
                     images[j * per],
                     images[j * per + 1 : (j + 1) * per],
                     plan.image_format,
-                    z,
-                    neighbor_z if plan.neighbors else None,
-                    label,
+                    sample.z,
+                    sample.neighbor_z if plan.neighbors else None,
+                    sample.label,
                     meta,
                 )
             )

@@ -58,6 +58,16 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
 # sample_rng streams of the training batches and of the fixed evaluation batch
 _TRAIN_STREAM, _EVAL_STREAM = 1, 2
 
+
+def check_steerable(generator: Generator) -> None:
+    """Refuse, in one line, a generator whose walks cannot be learned (`Generator.not_steerable`)."""
+    if generator.not_steerable:
+        raise UsageError(
+            f"view 'steer' is not supported for model {generator.name!r}: "
+            f"{generator.not_steerable}; use --view gaussian, independent or none"
+        )
+
+
 Log = Callable[[str], None]
 
 
@@ -222,6 +232,7 @@ def learn_walks(
     `resume`, a matching checkpoint is continued, so an interrupted run ends with the same walks.
     Returns the walk record that was written.
     """
+    check_steerable(generator)
     if checkpoint_every <= 0:
         raise UsageError(f"--checkpoint-every must be > 0, got {checkpoint_every}")
     out = Path(out)

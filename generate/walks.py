@@ -21,7 +21,7 @@ import torch
 
 from genrep.errors import CheckpointError, UsageError, UserError
 from genrep.generate.edits import EDIT_NAMES, EDITS
-from genrep.generate.models.base import Generator
+from genrep.generate.models.base import Generator, file_label
 from genrep.paths import walks_dir
 from genrep.safeload import load_tensors
 
@@ -77,7 +77,7 @@ def latent_steps(alphas: Mapping[str, np.ndarray], ranges: Mapping[str, float]) 
 
 def cached_walks_path(generator: Generator) -> Path:
     """Where the auto-learned walks of a generator live: next to the weights cache."""
-    return walks_dir() / f"{generator.name}-{generator.weights_sha256[:16]}.pt"
+    return walks_dir() / f"{file_label(generator.name)}-{generator.weights_sha256[:16]}.pt"
 
 
 def config_path(out: str | os.PathLike) -> Path:

@@ -27,6 +27,8 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 #: seconds of estimated CPU work above which a command warns that it runs without a GPU
 CPU_WARNING_SECONDS = 3600
+#: key of click's `ctx.meta` holding the path of the --config file in use
+CONFIG_META = "genrep.config"
 
 
 def available_cpus() -> int:
@@ -179,6 +181,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
             value = [f"{k}={v}" for k, v in value.items()]  # a KEY=VALUE option as a mapping
         defaults[param.name] = value
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[CONFIG_META] = path
     return path
 
 
@@ -219,19 +222,36 @@ def parse_key_values(
 
 class RegistryChoice(click.ParamType):
     """A flag whose value names an entry of a registry; help and errors list the registered names,
-    which are read when needed, so an entry added to the registry shows up everywhere."""
+    which are read when needed, so an entry added to the registry shows up everywhere.
+
+    For a registry that takes code references (`module:attr`, `file.py:attr`), a reference is
+    accepted only when typed on the command line: one set by a --config file is refused, because a
+    config may come with a shared dataset, and data must never make genrep run code.
+    """
 
     def __init__(self, registry: Any) -> None:
         self.registry = registry
         self.name = registry.kind
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "[" + "|".join(self.registry.canonical_names()) + "]"
+        references = ["MODULE:ATTR", "FILE.py:ATTR"] if self.registry.accepts_references else []
+        return "[" + "|".join([*self.registry.canonical_names(), *references]) + "]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from genrep.registry import RegistryError
+        from genrep.registry import RegistryError, is_reference
 
+        text = str(value)
+        if self.registry.accepts_references and is_reference(text) and ctx and param:
+            source = ctx.get_parameter_source(param.name)
+            if source is not click.core.ParameterSource.COMMANDLINE:
+                where = ctx.meta.get(CONFIG_META) or "a value not typed on the command line"
+                flag = param.opts[0] if getattr(param, "opts", None) else param.name
+                raise UsageError(
+                    f"{where} sets {flag} to the code reference {text!r}; genrep imports code only "
+                    f"when it is named on the command line: pass {flag} {text} yourself if you "
+                    "trust that code"
+                )
         try:
-            return self.registry.canonical(str(value))
+            return self.registry.canonical(text)
         except RegistryError as err:
             self.fail(str(err), param, ctx)

@@ -1,7 +1,14 @@
-"""The interface between a pretrained generator and the rest of genrep."""
+"""The interface between a pretrained generator and the rest of genrep (docs/generators.md).
+
+Generators come from this package, from installed packages (entry-point group
+`genrep.generators`), or from code named on the command line (`--model package.module:attr`,
+`--model path/to/file.py:attr`); all are builders with the same signature.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -9,11 +16,14 @@ import torch
 from torch import nn
 
 from genrep.errors import UsageError
-from genrep.registry import Registry
+from genrep.registry import BUILTIN_SOURCE, PluginError, Registry
 
 #: name -> builder(weights=None, classes=None, device="cpu", **options) -> Generator
 GENERATORS: Registry[Callable[..., Generator]] = Registry(
-    "model", packages=["genrep.generate.models"]
+    "model",
+    packages=["genrep.generate.models"],
+    entry_points="genrep.generators",
+    references=True,
 )
 
 
@@ -37,7 +47,12 @@ class Generator(nn.Module):
     #: named class subsets this generator knows (e.g. "imagenet100")
     class_subsets: ClassVar[dict[str, list[int]]] = {}
     #: sha256 of the weights file the generator was loaded from, or of its defining parameters
+    #: (`build_generator` fills it from the parameters and buffers when a builder leaves it empty)
     weights_sha256: str = ""
+    #: where the builder came from (`GENERATORS.source`; set by `build_generator`)
+    source: dict[str, Any] = BUILTIN_SOURCE
+    #: why view `steer` cannot be used with this generator; empty when it can
+    not_steerable: ClassVar[str] = ""
 
     @property
     def conditional(self) -> bool:
@@ -63,15 +78,27 @@ class Generator(nn.Module):
         return 1.0 if self.conditional else 0.2
 
     def describe(self) -> dict[str, Any]:
-        """Identity of the generator for manifests and checkpoints."""
+        """Identity of the generator for manifests and checkpoints: what decides its images, and
+        where it came from. Subclasses add their settings to `super().describe()`."""
         return {
             "name": self.name,
+            "source": dict(self.source),
             "z_dim": self.z_dim,
             "num_classes": self.num_classes,
             "resolution": self.resolution,
             "frame": list(self.frame),
             "weights_sha256": self.weights_sha256,
         }
+
+    def condition(self, label: int | None, occurrence: int) -> tuple[int | None, dict[str, Any]]:
+        """The `y` that `forward` receives for the `occurrence`-th sample (0, 1, ...) of class
+        `label`, and what to record about it in the sample's json.
+
+        By default y is the class and nothing is recorded. A generator with several conditions
+        per class (a text-to-image model's prompts) picks one here, as a function of its arguments
+        only, so that every sample stays a pure function of its index.
+        """
+        return label, {}
 
     def resolve_classes(self, spec: Any) -> list[int] | None:
         """The class ids `--classes` selects: all (None or "all"), a named subset, the first K (an
@@ -105,6 +132,44 @@ def model_option_label(name: str) -> str:
     return f"--model-option {name}"
 
 
+def file_label(name: str) -> str:
+    """A generator name as one file-name component: a code reference `dir/file.py:attr` becomes
+    `file-attr`, `package.module:attr` becomes `package.module-attr`."""
+    target, sep, attr = name.rpartition(":")
+    if sep:
+        stem = target.rsplit("/", 1)[-1].removesuffix(".py")
+        name = f"{stem}-{attr}"
+    return re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"
+
+
+def parameters_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state (names and raw bytes, in name order): the identity of weights
+    that do not come from one file."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _check_generator(generator: Any, name: str) -> None:
+    """One clear line when a (plugin) builder returns something that is not a usable Generator."""
+    if not isinstance(generator, Generator):
+        raise PluginError(
+            f"model {name!r} returned a {type(generator).__name__}, not a "
+            "genrep.generate.models.Generator (see docs/generators.md)"
+        )
+    for attribute in ("z_dim", "resolution"):
+        value = getattr(generator, attribute, None)
+        if not isinstance(value, int) or value <= 0:
+            raise PluginError(
+                f"model {name!r}: its {attribute} is {value!r}; a Generator sets it to a "
+                "positive int"
+            )
+    if not isinstance(generator.num_classes, int) or generator.num_classes < 0:
+        raise PluginError(f"model {name!r}: num_classes must be an int >= 0")
+
+
 def build_generator(
     name: str,
     *,
@@ -113,11 +178,17 @@ def build_generator(
     device: str | torch.device = "cpu",
     **options: Any,
 ) -> Generator:
-    """Build the registered generator `name` in eval mode on `device`; `options` are its model
-    options (`--model-option KEY=VALUE`), refused when the model does not take them."""
+    """Build generator `name` (a registered name, an installed entry point or a code reference) in
+    eval mode on `device`; `options` are its model options (`--model-option KEY=VALUE`), refused
+    when the model does not take them. The generator records its name and source, and a hash of
+    its parameters when its builder set no `weights_sha256`."""
     canonical = GENERATORS.canonical(name)
     generator = GENERATORS.build(
         canonical, weights, classes, device, option_label=model_option_label, **options
     )
+    _check_generator(generator, canonical)
     generator.name = canonical
+    generator.source = GENERATORS.source(canonical)
+    if not generator.weights_sha256:
+        generator.weights_sha256 = parameters_sha256(generator)
     return generator.eval().requires_grad_(False)

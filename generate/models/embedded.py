@@ -18,14 +18,13 @@ was generated in (byte-identical shards for any --batch-size).
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 import torch
 
 from genrep.errors import UsageError
-from genrep.generate.models.base import GENERATORS, Generator
+from genrep.generate.models.base import GENERATORS, Generator, parameters_sha256
 
 # How strongly the geometry/color parts of z act (per unit of z along each fixed direction).
 SHIFT_PER_UNIT = 0.25  # in units of the half-width of the image
@@ -101,11 +100,7 @@ class EmbeddedGenerator(Generator):
             -1 + 1 / resolution, 1 - 1 / resolution, resolution, dtype=torch.float64
         )
         self.register_buffer("line", line, persistent=False)
-        digest = hashlib.sha256()
-        for name, value in sorted(self.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(value.numpy().tobytes())
-        self.weights_sha256 = digest.hexdigest()
+        self.weights_sha256 = parameters_sha256(self)
 
     def _buffer(self, name: str, value: np.ndarray) -> None:
         self.register_buffer(name, torch.from_numpy(np.ascontiguousarray(value, np.float64)))
