@@ -26,17 +26,20 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from genrep.config import to_plain
-from genrep.errors import OutputError, UsageError
+from genrep.errors import UsageError
 from genrep.generate.models.base import Generator, build_generator, file_label
 from genrep.generate.steer import cached_walks, check_steerable
 from genrep.generate.views.base import VIEWS, View, build_view
-from genrep.io import atomic_open, remove_stale_tmp
+from genrep.images import MAX_IMAGE_PIXELS
+from genrep.io import StagedFile, naming
 from genrep.latents import sample_rng, truncated_normal
-from genrep.manifest import check_identity, new_manifest, read_manifest, update_manifest
-from genrep.options import autocast_dtype, resolve_device, resolve_precision
+from genrep.manifest import DatasetWriter, new_manifest
+from genrep.options import autocast_dtype, check_number, resolve_device, resolve_precision
 from genrep.shards import (
     FRAMES,
     IMAGE_FORMATS,
+    MAX_SHARD_SIZE,
+    MAX_SHARDS,
     encode_images,
     encode_sample,
     shard_name,
@@ -46,6 +49,8 @@ from genrep.shards import (
 #: side of the square that --frame center-crop/resize store unless --size says otherwise (the
 #: paper's 128 px training images)
 DEFAULT_CROP = 128
+#: most images (anchors and neighbors) of one shard: a shard is held in memory while it is written
+MAX_SHARD_IMAGES = MAX_SHARD_SIZE
 
 
 @dataclass
@@ -108,11 +113,6 @@ class Plan:
         }
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise UsageError(f"--{name} must be a finite number > 0, got {value}")
-
-
 def make_plan(
     options: dict[str, Any],
     log: Callable[[str], None] = lambda message: None,
@@ -123,8 +123,10 @@ def make_plan(
     View `steer` without `--walks` learns the generator's walks once and caches them (logged)."""
     device = resolve_device(options.get("device"))
     precision = resolve_precision(options.get("precision") or "auto", device)
-    _positive("sigma", options.get("sigma"))
-    _positive("truncation", options.get("truncation"))
+    check_number("--sigma", options.get("sigma"), above=0)
+    check_number("--truncation", options.get("truncation"), above=0)
+    seed = options.get("seed", 0)
+    check_number("--seed", seed, at_least=0, below=2**128)
     generator = build_generator(
         options["model"],
         weights=options.get("weights"),
@@ -175,8 +177,19 @@ def make_plan(
     if not 1 <= quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {quality}")
     shard_size = options.get("shard_size", 1000)
-    if shard_size <= 0:
-        raise UsageError(f"--shard-size must be > 0, got {shard_size}")
+    check_number("--shard-size", shard_size, at_least=1)
+    if shard_size * (1 + neighbors) > MAX_SHARD_IMAGES:
+        raise UsageError(
+            f"--shard-size {shard_size} x {1 + neighbors} views per anchor is "
+            f"{shard_size * (1 + neighbors)} images per shard, over the {MAX_SHARD_IMAGES} a "
+            "shard may hold (it is held in memory while written): lower --shard-size"
+        )
+    if math.ceil(n / shard_size) > MAX_SHARDS:
+        raise UsageError(
+            f"--n {n} in shards of {shard_size} makes {math.ceil(n / shard_size)} shards, over "
+            f"the {MAX_SHARDS} a dataset may have (shards/README.md): raise --shard-size or "
+            "lower --n"
+        )
     out = Path(options.get("out") or Path("shards") / f"{file_label(generator.name)}-{view.name}")
     return Plan(
         generator=generator,
@@ -185,7 +198,7 @@ def make_plan(
         neighbors=neighbors,
         classes=classes,
         truncation=truncation,
-        seed=options.get("seed", 0),
+        seed=seed,
         frame=frame,
         stored=stored,
         image_format=fmt,
@@ -233,26 +246,33 @@ def stored_size(frame: str, size: int | None, native: tuple[int, int]) -> tuple[
     """
     if frame not in FRAMES:
         raise UsageError(f"--frame must be one of {', '.join(FRAMES)}, got {frame!r}")
-    if size is not None and size < 1:
-        raise UsageError(f"--size must be > 0, got {size}")
+    check_number("--size", size, at_least=1)
     height, width = native
     if frame == "full":
         if size is None:
-            return native
-        if size > min(height, width):
+            stored = native
+        elif size > min(height, width):
             raise UsageError(
                 f"--size {size} would enlarge the generator's {width}x{height} frame; store it "
                 "at its native size (no --size) or pass a smaller --size"
             )
-        scale = size / min(height, width)
-        return (max(size, round(height * scale)), max(size, round(width * scale)))
-    side = DEFAULT_CROP if size is None else size
-    if frame == "center-crop" and side > min(height, width):
+        else:
+            scale = size / min(height, width)
+            stored = (max(size, round(height * scale)), max(size, round(width * scale)))
+    else:
+        side = DEFAULT_CROP if size is None else size
+        if frame == "center-crop" and side > min(height, width):
+            raise UsageError(
+                f"the generator's {width}x{height} output is smaller than --size {side}; "
+                "use --frame resize or a smaller --size"
+            )
+        stored = (side, side)
+    if stored[0] * stored[1] > MAX_IMAGE_PIXELS:
         raise UsageError(
-            f"the generator's {width}x{height} output is smaller than --size {side}; "
-            "use --frame resize or a smaller --size"
+            f"images of {stored[1]}x{stored[0]} px are over the {MAX_IMAGE_PIXELS} pixels a "
+            "reader decodes (shards/README.md): pass a smaller --size"
         )
-    return (side, side)
+    return stored
 
 
 def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> np.ndarray:
@@ -302,12 +322,11 @@ class ShardGenerator:
         batch_size: int = 64,
         workers: int = 2,
         progress: bool = True,
-        on_shard: Callable[[int], None] | None = None,
+        on_shard: Callable[[int, StagedFile], None] | None = None,
     ) -> None:
-        if batch_size <= 0:
-            raise UsageError(f"--batch-size must be > 0, got {batch_size}")
-        if workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {workers}")
+        """`on_shard(k, staged)` makes shard k, written to `staged`, visible (default: renames it)."""
+        check_number("--batch-size", batch_size, at_least=1)
+        check_number("--workers", workers, at_least=0)
         self.plan, self.batch_size, self.workers = plan, batch_size, workers
         self.progress, self.on_shard = progress, on_shard
         self.device = plan.generator.device
@@ -405,32 +424,20 @@ class ShardGenerator:
                     meta,
                 )
             )
-        with atomic_open(plan.out / shard_name(job.k)) as f:
-            write_shard(f, samples)
-        if self.on_shard is not None:
-            self.on_shard(job.k)
+        staged = StagedFile(plan.out / shard_name(job.k))
+        try:
+            with naming(staged.path):
+                with staged as f:
+                    write_shard(f, samples)
+                if self.on_shard is None:
+                    staged.commit()
+                else:
+                    self.on_shard(job.k, staged)
+        finally:
+            staged.discard()
 
 
 # ---------------------------------------------------------------- output folder and manifest
-
-
-def check_output(plan: Plan) -> dict[str, Any] | None:
-    """Refuse an output folder that holds another dataset; returns its manifest when resuming.
-
-    This is the early check, before any work; `update_manifest` checks again under the folder
-    lock, so two runs racing into one new folder cannot both write it."""
-    out = plan.out
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; pass a folder")
-    manifest = read_manifest(out) if out.exists() else None
-    if manifest is None:
-        if out.exists() and any(out.glob("shard-*.tar")):
-            raise OutputError(
-                f"{out} holds shards but no manifest; pass another --out or empty that folder"
-            )
-        return None
-    check_identity(out, manifest, plan.identity())
-    return manifest
 
 
 def base_manifest(plan: Plan) -> dict[str, Any]:
@@ -453,6 +460,11 @@ def base_manifest(plan: Plan) -> dict[str, Any]:
 def my_shards(plan: Plan, shard_range: tuple[int, int] | None = None) -> list[int]:
     """The shard numbers this process writes: the `--shards` range, split across torchrun ranks."""
     start, stop = shard_range or (0, plan.num_shards)
+    if start >= plan.num_shards:
+        raise UsageError(
+            f"--shards starts at shard {start}, past the last one: the dataset has "
+            f"{plan.num_shards} shards (0 to {plan.num_shards - 1})"
+        )
     stop = min(stop, plan.num_shards)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return [k for k in range(start, stop) if k % world == rank]
@@ -467,25 +479,17 @@ def generate(
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Write the dataset of `plan` (resuming where an earlier run stopped); returns the manifest."""
-    resumed = check_output(plan)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(plan.out)
-    update_manifest(plan.out, base_manifest(plan))
-    todo = [k for k in my_shards(plan, shard_range) if not (plan.out / shard_name(k)).exists()]
-    if resumed is not None:
-        log(
-            f"resuming {plan.out}: {plan.num_shards - len(todo)} of {plan.num_shards} shards present"
-        )
+    shards = my_shards(plan, shard_range)
+    dataset = DatasetWriter(plan.out, base_manifest(plan))
+    writer = ShardGenerator(plan, batch_size, workers, progress, on_shard=dataset.commit)
+    present = dataset.open()
+    todo = [k for k in shards if shard_name(k) not in present]
+    if present:
+        log(f"resuming {plan.out}: {len(present)} of {plan.num_shards} shards present")
     started = time.perf_counter()
-    images = ShardGenerator(
-        plan,
-        batch_size,
-        workers,
-        progress,
-        on_shard=lambda k: update_manifest(plan.out, base_manifest(plan)),
-    ).run(todo)
+    images = writer.run(todo)
     seconds = time.perf_counter() - started
-    manifest = update_manifest(plan.out, base_manifest(plan))
+    manifest = dataset.close()
     done = sum(entry["samples"] for entry in manifest["shards"])
     rate = f", {images / seconds:.0f} img/s" if images and seconds > 0 else ""
     state = "complete" if manifest["complete"] else f"{done}/{plan.n} samples so far"

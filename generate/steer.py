@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from genrep.config import save_config, to_plain
-from genrep.errors import UsageError
+from genrep.errors import CheckpointError, UsageError
 from genrep.generate.edits import EDIT_NAMES, EDITS, UNITS, apply_edits, masked_mse
 from genrep.generate.models.base import Generator
 from genrep.generate.walks import (
@@ -43,6 +43,8 @@ from genrep.generate.walks import (
 )
 from genrep.io import atomic_torch_save, locked, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
+from genrep.options import check_number
+from genrep.safeload import load_tensors
 
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -106,33 +108,24 @@ class SteerConfig:
             raise UsageError("--transforms needs at least one transformation")
         object.__setattr__(self, "transforms", tuple(n for n in EDIT_NAMES if n in names))
         check_ranges(self.ranges())
-        checks = [
-            (
-                self.num_samples >= self.batch_size > 0,
-                (
-                    f"--batch-size must be > 0 and <= --num-samples, got {self.batch_size} and "
-                    f"{self.num_samples}"
-                ),
-            ),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (
-                self.lr_schedule in LR_SCHEDULES,
-                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
-            ),
-            (
-                self.optimizer in OPTIMIZERS,
-                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
-            ),
-            (self.init_std >= 0, f"--init-std must be >= 0, got {self.init_std}"),
-            (
-                self.truncation is None or self.truncation > 0,
-                f"--truncation must be > 0, got {self.truncation}",
-            ),
-            (self.eval_size > 0, f"--eval-size must be > 0, got {self.eval_size}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        if not self.num_samples >= self.batch_size > 0:
+            raise UsageError(
+                f"--batch-size must be > 0 and <= --num-samples, got {self.batch_size} and "
+                f"{self.num_samples}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(
+                f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        check_number("--lr", self.lr, above=0)
+        check_number("--init-std", self.init_std, at_least=0)
+        check_number("--truncation", self.truncation, above=0)
+        check_number("--eval-size", self.eval_size, at_least=1)
+        check_number("--seed", self.seed, at_least=0, below=2**128)
 
     def ranges(self) -> dict[str, float]:
         """Largest step of each edit that is learned (zoom: largest factor)."""
@@ -251,14 +244,17 @@ def learn_walks(
 
     ckpt = checkpoint_path(out)
     if resume and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise UsageError(
-                f"cannot read checkpoint {ckpt} ({type(err).__name__}); delete it or "
-                "pass --no-resume"
-            ) from None
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
+        state = load_tensors(
+            ckpt,
+            what="a genrep-steer checkpoint",
+            advice="delete it or pass --no-resume",
+            map_location=device,
+        )
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{ckpt} is not a genrep-steer checkpoint; delete it or pass --no-resume"
+            )
+        if state.get("identity") != identity:
             raise UsageError(
                 f"checkpoint {ckpt} was made for another model or config; pass "
                 "--no-resume to start over (it is then replaced), or another --out"

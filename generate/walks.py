@@ -22,6 +22,7 @@ import torch
 from genrep.errors import CheckpointError, UsageError, UserError
 from genrep.generate.edits import EDIT_NAMES, EDITS
 from genrep.generate.models.base import Generator, file_label
+from genrep.options import check_number
 from genrep.paths import walks_dir
 from genrep.safeload import load_tensors
 
@@ -37,6 +38,7 @@ def range_field(edit: str) -> str:
 def check_ranges(ranges: Mapping[str, float]) -> None:
     """Refuse an edit that is not registered or a range it cannot take (UsageError)."""
     for name, value in ranges.items():
+        check_number(f"--{range_field(name).replace('_', '-')}", value)  # finite
         try:
             EDITS.get(name).check_range(value)
         except ValueError as err:

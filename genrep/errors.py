@@ -88,8 +88,9 @@ def one_line(text: str) -> str:
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn a `UserError` (or an OSError from the system: a full disk, a permission) into click's
-    one-line `Error: MESSAGE` and the error's exit code; anything else keeps its traceback."""
+    """Turn a `UserError` (or what the system runs out of: an OSError such as a full disk or a
+    permission, memory) into click's one-line `Error: MESSAGE` and the error's exit code; anything
+    else keeps its traceback."""
     try:
         yield
     except UserError as err:
@@ -99,6 +100,11 @@ def one_line_errors() -> Iterator[None]:
             raise
         where = f" ({err.filename})" if err.filename else ""
         raise _CliError(f"{err.strerror}{where}", RUNTIME_EXIT) from None
+    except MemoryError:
+        raise _CliError(
+            "out of memory: lower the sizes, batch size or worker count given to this command",
+            RUNTIME_EXIT,
+        ) from None
 
 
 class Command(click.Command):

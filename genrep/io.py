@@ -1,4 +1,5 @@
-"""Crash-safe file writing: a file is visible under its name only once it is complete."""
+"""Crash-safe file writing (a file is visible under its name only once it is complete), and
+reading files that may not be what their name says (a FIFO or a device never blocks or streams)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import contextlib
 import hashlib
 import os
 import socket
+import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from genrep.errors import DataError, UserError
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -25,11 +30,12 @@ TMP_SUFFIX = ".tmp"
 def tmp_path_for(path: str | os.PathLike) -> Path:
     """The hidden temporary name a file is written under before its atomic rename.
 
-    It names the host and process, so a later run can tell leftovers of dead writers from files
-    that a live process is still writing (`remove_stale_tmp`).
+    It names the host, process and thread, so writers never share one, and a later run can tell
+    leftovers of dead writers from files that a live process is still writing (`remove_stale_tmp`).
     """
     path = Path(path)
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TMP_SUFFIX}")
+    writer = f"{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}"
+    return path.with_name(f".{path.name}.{writer}{TMP_SUFFIX}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,9 +56,10 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
         parts = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
         if (
             len(parts) == 3
-            and parts[1] == host
+            and parts[0].endswith(f".{host}")
+            and parts[1].isdigit()
             and parts[2].isdigit()
-            and not _pid_alive(int(parts[2]))
+            and not _pid_alive(int(parts[1]))
         ):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
@@ -68,15 +75,82 @@ def commit_tmp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A binary file to write that appears under `path` only if the block completes."""
-    tmp = tmp_path_for(path)
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a full disk while writing) names `path`."""
     try:
-        with open(tmp, "wb") as f:
-            yield f
-        commit_tmp(tmp, path)
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, os.fspath(path)) from None
+        raise
+
+
+class HashingWriter:
+    """A binary file that hashes (sha256) and counts what is written to it.
+
+    A write after the file was closed is dropped: after an error (a full disk) the file is closed
+    while tarfile's stream, when it is garbage-collected, still flushes its buffer into it.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        if not self.file.closed:
+            self.file.write(data)
+            self.digest.update(data)
+            self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+class StagedFile:
+    """A file written under the hidden temporary name of `path` (`with staged as f:`, f hashes
+    what is written), that appears under `path` only when committed; `discard` removes it if not.
+
+    The commit is separate from the writing so that a writer that shares a folder can decide under
+    a lock whether to keep it (`genrep.manifest.DatasetWriter`)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path, self.tmp = Path(path), tmp_path_for(path)
+        self.sha256, self.size = "", 0
+
+    def __enter__(self) -> HashingWriter:
+        try:
+            self._file = open(self.tmp, "wb")  # closed in __exit__
+        except OSError as err:  # name the file the user asked for, not its temporary name
+            raise OSError(err.errno, err.strerror, os.fspath(self.path)) from None
+        self._writer = HashingWriter(self._file)
+        return self._writer
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+        self.sha256, self.size = self._writer.hexdigest(), self._writer.size
+
+    def commit(self) -> None:
+        commit_tmp(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[HashingWriter]:
+    """A binary file to write that appears under `path` only if the block completes."""
+    staged = StagedFile(path)
+    try:
+        with naming(path):
+            with staged as f:
+                yield f
+            staged.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        staged.discard()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -102,9 +176,30 @@ def locked(lock_file: str | os.PathLike) -> Iterator[None]:
         yield
 
 
+def open_regular(
+    path: str | os.PathLike, error: type[UserError] = DataError, what: str | None = None
+) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file; anything else (a FIFO, whose open would
+    wait for a writer forever, a device such as /dev/zero, a folder) is an `error`.
+
+    The type is checked on the opened descriptor (opened without blocking), so the file cannot be
+    swapped between the check and the read. `what` names the file in the error (default: its path).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device"
+            raise error(f"{what or path} is a {kind}, not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -1,58 +1,238 @@
 """The dataset folder: its manifest (what generated the dataset and the checksum of every shard),
 how the manifest is created and updated, and the files beside it.
 
-`manifest.json` is rewritten atomically, under the folder's lock, as shards complete; it says
-`"complete": true` once every shard of the dataset is there, and then the folder also gets the
-resolved `config.yaml` and a dataset card `README.md`. Readers use the manifest to list shards and
-to refuse formats they do not know. The format is specified for people in shards/README.md.
+`manifest.json` is rewritten atomically, under the folder's lock, as shards complete
+(`DatasetWriter`); it says `"complete": true` once every shard of the dataset is there, and then the
+folder also gets the resolved `config.yaml` and a dataset card `README.md`. Readers use the
+manifest to list shards and to refuse formats they do not know; a manifest is untrusted input, so
+it is read only up to `MAX_MANIFEST_BYTES` and checked against the schema before anything uses it.
+The format is specified for people in shards/README.md.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genrep.card import write_card
+from genrep.card import CARD, write_card
 from genrep.config import save_config, to_plain
 from genrep.errors import ManifestError, OutputError
-from genrep.io import atomic_write_bytes, locked, sha256_file
-from genrep.shards import FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS, shard_name
+from genrep.images import MAX_IMAGE_PIXELS
+from genrep.io import (
+    TMP_SUFFIX,
+    StagedFile,
+    atomic_write_bytes,
+    locked,
+    open_regular,
+    remove_stale_tmp,
+    sha256_file,
+)
+from genrep.shards import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FRAMES,
+    IMAGE_FORMATS,
+    MAX_SHARD_SIZE,
+    MAX_SHARDS,
+    READABLE_VERSIONS,
+    SHARD_RE,
+    shard_name,
+)
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 LOCK = ".manifest.lock"
+#: largest manifest.json a reader reads (shards/README.md, "Limits")
+MAX_MANIFEST_BYTES = 64 << 20
+#: seconds between manifest rewrites while a process writes shards (and once at its end): a
+#: manifest is rewritten whole, so rewriting it per shard would cost a run O(shards^2)
+FLUSH_SECONDS = 10.0
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def manifest_path(folder: str | Path) -> Path:
     return Path(folder) / MANIFEST
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The manifest of `folder`, None if it has none; refuses unknown formats and versions."""
+    """The manifest of `folder`, None if it has none; refuses unknown formats and versions, and
+    anything that does not follow the schema (a `ManifestError` naming what is wrong)."""
     path = manifest_path(folder)
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    restore = "restore it from the dataset's source"
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        with open_regular(path, ManifestError) as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise ManifestError(f"{path} is not readable ({err.strerror}); {restore}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(
-            f"{path} is not readable JSON ({err}); restore it from the dataset's source"
+            f"{path} is larger than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may be; {restore}"
+        )
+    try:
+        manifest = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as err:
+        raise ManifestError(
+            f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]}); {restore}"
         ) from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ManifestError(f"{path} is not a {FORMAT_NAME} manifest")
     version = manifest.get("format_version")
-    if version not in READABLE_VERSIONS:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ManifestError(
             f"{path} has format version {version}; this genrep reads versions {readable}: "
             "install the genrep release that matches the dataset"
         )
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ManifestError(f"{path} is damaged: {problem}; {restore}")
     return manifest
+
+
+def _is_int(value: Any, at_least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= at_least
+
+
+def _positive(value: Any) -> bool:
+    return _is_int(value, 1)
+
+
+def _count(value: Any) -> bool:
+    return _is_int(value, 0)
+
+
+def _mapping_problem(
+    mapping: Any, where: str, fields: Mapping[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """`mapping` as a dict and the first of its `fields` (name -> predicate) that fails, if any."""
+    if not isinstance(mapping, dict):
+        return {}, f"{where} is not an object"
+    for name, valid in fields.items():
+        if name not in mapping:
+            return mapping, f"{where} has no {name!r}"
+        if not valid(mapping[name]):
+            return mapping, f"{where}.{name} is {str(mapping[name])[:80]!r}"
+    return mapping, None
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What keeps a manifest of a readable version from following the schema of shards/README.md
+    (the fields readers use, with their types and ranges, and every shard entry), or None."""
+    top, problem = _mapping_problem(
+        manifest,
+        "the manifest",
+        {
+            "generator": lambda v: isinstance(v, dict),
+            "view": lambda v: isinstance(v, dict),
+            "n": _positive,
+            "neighbors": _count,
+            "seed": lambda v: _is_int(v, -(2**63)),
+            "truncation": lambda v: (
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+            ),
+            "classes": lambda v: (
+                v is None or (isinstance(v, list) and bool(v) and all(_count(c) for c in v))
+            ),
+            "image": lambda v: isinstance(v, dict),
+            "shard_size": lambda v: _positive(v) and v <= MAX_SHARD_SIZE,
+            "num_shards": lambda v: _positive(v) and v <= MAX_SHARDS,
+            "shards": lambda v: isinstance(v, list),
+            "complete": lambda v: isinstance(v, bool),
+            "identity": lambda v: isinstance(v, dict),
+            "config": lambda v: isinstance(v, dict),
+        },
+    )
+    if problem:
+        return problem
+    _, problem = _mapping_problem(
+        top["generator"],
+        "generator",
+        {
+            "name": lambda v: isinstance(v, str),
+            "z_dim": _positive,
+            "num_classes": _count,
+            "resolution": _positive,
+            "weights_sha256": lambda v: isinstance(v, str),
+        },
+    )
+    problem = (
+        problem
+        or _mapping_problem(
+            top["view"],
+            "view",
+            {"name": lambda v: isinstance(v, str), "params": lambda v: isinstance(v, dict)},
+        )[1]
+    )
+    problem = problem or _image_problem(top)
+    if problem:
+        return problem
+    if top["num_shards"] != math.ceil(top["n"] / top["shard_size"]):
+        return f"num_shards {top['num_shards']} does not fit n and shard_size"
+    return _shards_problem(top)
+
+
+def _image_problem(manifest: dict[str, Any]) -> str | None:
+    if manifest["format_version"] == 1:
+        fields = {"size": _positive, "resize": lambda v: v in FRAMES[1:]}
+    else:
+        fields = {name: _positive for name in ("width", "height", "native_width", "native_height")}
+        fields["frame"] = lambda v: v in FRAMES
+    fields["format"] = lambda v: v in IMAGE_FORMATS
+    fields["quality"] = _count
+    image, problem = _mapping_problem(manifest["image"], "image", fields)
+    if problem:
+        return problem
+    pixels = image["size"] ** 2 if "size" in image else image["width"] * image["height"]
+    if pixels > MAX_IMAGE_PIXELS:
+        return f"images of {pixels} pixels, over the {MAX_IMAGE_PIXELS} a reader decodes"
+    return None
+
+
+def _shards_problem(manifest: dict[str, Any]) -> str | None:
+    """A problem with the shard entries: each names a shard of the dataset (shard-NNNNNN.tar, no
+    path), once, in order, with its sample count, first index, size and sha256."""
+    previous = -1
+    for entry in manifest["shards"]:
+        entry, problem = _mapping_problem(
+            entry,
+            "a shard entry",
+            {
+                "name": lambda v: isinstance(v, str) and SHARD_RE.match(v) is not None,
+                "samples": _positive,
+                "first_index": _count,
+                "bytes": _count,
+                "sha256": lambda v: isinstance(v, str) and _SHA256_RE.match(v) is not None,
+            },
+        )
+        if problem:
+            return problem
+        k = int(SHARD_RE.match(entry["name"]).group(1))
+        if entry["name"] != shard_name(k) or not previous < k < manifest["num_shards"]:
+            return f"shard entry {entry['name']!r} is not a shard of this dataset, in order"
+        if (entry["samples"], entry["first_index"]) != (
+            shard_samples(manifest, k),
+            k * manifest["shard_size"],
+        ):
+            return f"shard entry {entry['name']!r} does not fit n and shard_size"
+        previous = k
+    if manifest["complete"] != (len(manifest["shards"]) == manifest["num_shards"]):
+        return "'complete' does not match the shards listed"
+    return None
 
 
 def find_dataset(folder: str | Path) -> Path:
@@ -103,7 +283,7 @@ def content_hash(manifest: dict[str, Any]) -> str:
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
-    data = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    data = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(manifest_path(folder), data.encode())
 
 
@@ -175,37 +355,129 @@ def shard_samples(manifest: dict[str, Any], k: int) -> int:
     return min(manifest["shard_size"], manifest["n"] - k * manifest["shard_size"])
 
 
-def update_manifest(folder: str | Path, base: dict[str, Any]) -> dict[str, Any]:
-    """Record every complete shard in `folder` in its manifest, which starts as `base` if the
-    folder has none; on completion write the config and the dataset card too. Runs under the
-    folder lock, so processes sharing the work keep one consistent manifest."""
+def _is_own_leftover(name: str) -> bool:
+    """The lock file, or a hidden temporary file of a genrep writer (`genrep.io.tmp_path_for`)."""
+    return name == LOCK or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+
+
+def check_writable(folder: str | Path) -> None:
+    """Refuse (`OutputError`) an output folder that is not genrep-generate's to write: a file, or
+    a folder holding anything but a genrep dataset or the leftovers of a run that started one."""
     folder = Path(folder)
-    with dataset_lock(folder):
-        manifest = read_manifest(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file; pass a folder")
+    if not folder.is_dir() or os.path.lexists(manifest_path(folder)):
+        return
+    with os.scandir(folder) as entries:
+        foreign = sorted(entry.name for entry in entries if not _is_own_leftover(entry.name))
+    if foreign:
+        what = "shards" if any(SHARD_RE.match(name) for name in foreign) else "files"
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise OutputError(
+            f"{folder} holds {what} but no manifest ({shown}): it is not a genrep dataset; "
+            "pass another --out or empty that folder"
+        )
+
+
+class DatasetWriter:
+    """How a process adds shards to a dataset folder, so that any number of processes (--shards
+    ranges, torchrun ranks, machines sharing a filesystem) keep it consistent.
+
+    Under the folder's lock: the identity check of the manifest, the rename that makes a shard
+    visible (a shard another process made first is kept, and this process's copy dropped), and the
+    manifest entries. A shard is recorded with the sha256 computed while it was written; one found
+    without an entry (its writer died before recording it) is hashed once by the next `open`. The
+    manifest is rewritten at most every `FLUSH_SECONDS` and at `close`, and `open` scans the folder
+    once, so a run's overhead does not grow with the shards already there.
+    """
+
+    def __init__(self, folder: str | Path, base: dict[str, Any]) -> None:
+        self.folder, self.base = Path(folder), base
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.flushed = time.monotonic()
+
+    def open(self) -> set[str]:
+        """Check the folder is this dataset's (or new), create its manifest, record the shards
+        that lack an entry; returns the names of the shards present."""
+        check_writable(self.folder)  # before anything is created in it
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with dataset_lock(self.folder):
+            manifest = self._current()
+            present = self._present(manifest["num_shards"])
+            known = {e["name"]: e for e in manifest["shards"] if e["name"] in present}
+            for name in sorted(present - known.keys()):
+                path = self.folder / name
+                known[name] = self._entry(name, sha256_file(path), path.stat().st_size)
+            self._write(manifest, known)
+        remove_stale_tmp(self.folder)
+        return present
+
+    def commit(self, k: int, staged: StagedFile) -> None:
+        """Make shard `k`, written to `staged`, visible and record it (unless it is there already)."""
+        name = shard_name(k)
+        with dataset_lock(self.folder):
+            if not os.path.lexists(self.folder / name):
+                staged.commit()
+                self.pending[name] = self._entry(name, staged.sha256, staged.size)
+            if time.monotonic() - self.flushed >= FLUSH_SECONDS:
+                self._flush()
+
+    def close(self) -> dict[str, Any]:
+        """Record what is pending; returns the manifest."""
+        with dataset_lock(self.folder):
+            return self._flush()
+
+    def _current(self) -> dict[str, Any]:
+        """The folder's manifest, checked to be this dataset's; `base` for a new dataset."""
+        manifest = read_manifest(self.folder)
         if manifest is None:
-            manifest = base
-        else:
-            check_identity(folder, manifest, base["identity"])
-        known = {entry["name"]: entry for entry in manifest["shards"]}
-        entries = []
-        for k in range(manifest["num_shards"]):
-            path = folder / shard_name(k)
-            if not path.exists():
-                continue
-            entry = known.get(path.name)
-            if entry is None or entry["bytes"] != path.stat().st_size:
-                entry = {
-                    "name": path.name,
-                    "samples": shard_samples(manifest, k),
-                    "first_index": k * manifest["shard_size"],
-                    "bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
-                }
-            entries.append(entry)
-        manifest["shards"] = entries
-        manifest["complete"] = len(entries) == manifest["num_shards"]
-        write_manifest(folder, manifest)
-        if manifest["complete"]:
-            save_config(folder / CONFIG, manifest["config"])
-            write_card(folder, manifest)
+            check_writable(self.folder)  # again, under the lock
+            return copy.deepcopy(self.base)
+        check_identity(self.folder, manifest, self.base["identity"])
         return manifest
+
+    def _present(self, num_shards: int) -> set[str]:
+        with os.scandir(self.folder) as entries:
+            names = {entry.name for entry in entries}
+        return {
+            name
+            for name in names
+            if (m := SHARD_RE.match(name)) and int(m.group(1)) < num_shards
+            if name == shard_name(int(m.group(1)))
+        }
+
+    def _entry(self, name: str, sha256: str, size: int) -> dict[str, Any]:
+        k = int(SHARD_RE.match(name).group(1))
+        return {
+            "name": name,
+            "samples": shard_samples(self.base, k),
+            "first_index": k * self.base["shard_size"],
+            "bytes": size,
+            "sha256": sha256,
+        }
+
+    def _flush(self) -> dict[str, Any]:
+        manifest = self._current()
+        known = {entry["name"]: entry for entry in manifest["shards"]}
+        self._write(manifest, {**known, **self.pending})
+        self.pending.clear()
+        self.flushed = time.monotonic()
+        return manifest
+
+    def _write(self, manifest: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+        """Write `manifest` with `entries` if that changes it; a complete dataset also gets its
+        config and card, unless they are there (a card someone edited is never replaced)."""
+        shards = [entries[name] for name in sorted(entries)]
+        complete = len(shards) == manifest["num_shards"]
+        if (
+            shards != manifest["shards"]
+            or complete != manifest["complete"]
+            or not os.path.lexists(manifest_path(self.folder))
+        ):
+            manifest.update(shards=shards, complete=complete)
+            write_manifest(self.folder, manifest)
+        if complete:
+            if not os.path.lexists(self.folder / CONFIG):
+                save_config(self.folder / CONFIG, manifest["config"])
+            if not os.path.lexists(self.folder / CARD):
+                write_card(self.folder, manifest)

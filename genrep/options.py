@@ -8,6 +8,7 @@ the same one-line error everywhere.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,8 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 CPU_WARNING_SECONDS = 3600
 #: key of click's `ctx.meta` holding the path of the --config file in use
 CONFIG_META = "genrep.config"
+#: most helper processes per rank a command starts
+MAX_WORKERS = 256
 
 
 def available_cpus() -> int:
@@ -122,7 +125,7 @@ def common_options(
         decorators.append(
             click.option(
                 "--workers",
-                type=click.IntRange(min=0),
+                type=click.IntRange(min=0, max=MAX_WORKERS),
                 default=default_workers,
                 show_default="CPUs per rank - 1, at most 8",
                 help="Helper processes (image encoding or decoding) per rank.",
@@ -200,6 +203,35 @@ def config_option(command: Callable) -> Callable:
         callback=_load_config,
         help="YAML file whose keys set any of this command's flags (flags still win).",
     )(command)
+
+
+def check_number(
+    label: str,
+    value: float | None,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+) -> None:
+    """Refuse (`UsageError`) a number that is not finite or lies outside its range, before anything
+    uses it; None passes (a default is taken)."""
+    if value is None:
+        return
+    bounds = [
+        (at_least, ">=", lambda v, b: v >= b),
+        (above, ">", lambda v, b: v > b),
+        (at_most, "<=", lambda v, b: v <= b),
+        (below, "<", lambda v, b: v < b),
+    ]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{label} must be a number, got {value!r}")
+    rule = " and ".join(f"{sign} {bound}" for bound, sign, _ in bounds if bound is not None)
+    if isinstance(value, float):
+        rule = f"a finite number {rule}"
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not (finite and all(ok(value, bound) for bound, _, ok in bounds if bound is not None)):
+        raise UsageError(f"{label} must be {rule}, got {value}")
 
 
 def flag_label(name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from genrep.errors import CheckpointError, UserError, one_line
+from genrep.io import open_regular
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _UNPICKLER_DETAIL = re.compile(
@@ -28,16 +30,43 @@ _UNPICKLER_DETAIL = re.compile(
 )
 
 
-def refusal_reason(err: BaseException) -> str:
-    """Why torch refused or failed to read a file, in a few words (never torch's advice)."""
+#: bytes of a file scanned for the globals a pickle names (they come first in a pickle)
+_SCANNED_BYTES = 1 << 20
+
+
+def pickle_globals(path: str | os.PathLike) -> list[str]:
+    """The Python globals (module.name) that the pickle in `path` asks for, found by reading its
+    opcodes (`pickletools`, which executes nothing); empty when it is not a pickle."""
+    with open_regular(path) as handle:
+        data = handle.read(_SCANNED_BYTES)
+    found, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif isinstance(arg, str):
+                strings.append(arg)
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 (the end of what was read, or bytes that are no pickle)
+        pass
+    return found
+
+
+def refusal_reason(err: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why torch refused or failed to read a file, in a few words (never torch's advice). A file
+    that is a plain pickle rather than a torch.save archive is scanned for the global it names."""
     text = str(err)
+    code = "which genrep never loads (such a file can run code)"
     if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
         found = _GLOBAL.search(text)
         if found:
-            return (
-                f"it asks for the Python global {found.group(1)}, which genrep never loads "
-                "(such a file can run code)"
-            )
+            return f"it asks for the Python global {found.group(1)}, {code}"
+        if path is not None and not zipfile.is_zipfile(path):
+            names = pickle_globals(path)
+            if names:
+                return f"it is a pickle asking for the Python global {names[0]}, {code}"
+            return "not a torch.save file"
         detail = _UNPICKLER_DETAIL.search(text)
         if detail:
             return f"not a tensors-only file ({one_line(detail.group(1))[:160]})"
@@ -66,6 +95,7 @@ def load_tensors(
     if not path.is_file():
         state = "is a folder" if path.is_dir() else "does not exist"
         raise error(f"{path} {state}; {advice}")
+    open_regular(path, error).close()  # a FIFO or device is refused before torch waits on it
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             warnings.simplefilter(
@@ -73,7 +103,7 @@ def load_tensors(
             )  # torch warns about legacy formats; the error says it all
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # a refused or corrupt file surfaces as many exception types
-        raise error(f"{path} is not {what}: {refusal_reason(err)}; {advice}") from None
+        raise error(f"{path} is not {what}: {refusal_reason(err, path)}; {advice}") from None
 
 
 #: keys shown per kind of mismatch in a state-dict error

@@ -3,14 +3,22 @@
 This module is the single home of the on-disk contract (specified for people in `shards/README.md`):
 the writer of stage 1 and the readers of stages 2 and 3 all go through it. Decoding handles only the
 fields the format defines, with decoders that cannot execute code (no pickle, ever).
+
+A shard is untrusted input, so reading one is bounded: only regular files, only uncompressed tar,
+only the members the format defines (each at most `MAX_MEMBER_BYTES`), images no larger than the
+manifest says, and the sha256 of the bytes read is checked against the manifest while streaming
+(`ShardFile`). Anything else is a `ShardFormatError`, never another exception type.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,7 +26,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from genrep.errors import ShardFormatError
+from genrep.errors import DataError, ShardFormatError
+from genrep.images import decode_image as decode_image_bytes
+from genrep.io import open_regular
 
 # webdataset is imported inside the functions that use it: it imports torch, which encoder
 # processes (they only run `encode_images`) should not pay for.
@@ -30,8 +40,27 @@ FORMAT_VERSION = 2
 #: the versions this genrep reads (shards/README.md, "Version history")
 READABLE_VERSIONS = (1, 2)
 IMAGE_FORMATS = ("jpg", "png", "webp")
+#: the PIL decoder of each image format (no other decoder ever sees a shard's bytes)
+PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_RE = re.compile(r"^shard-(\d{6,})\.tar$")
+
+# Limits of a reader (shards/README.md, "Limits"): what a shard or manifest may make genrep hold.
+#: largest member of a shard that is read (an image, a latent, a sample's json)
+MAX_MEMBER_BYTES = 64 << 20
+#: largest pax or GNU long-name header (tarfile reads these whole)
+MAX_HEADER_BYTES = 64 << 10
+#: most shards of a dataset, and most anchors in one shard
+MAX_SHARDS = 100_000
+MAX_SHARD_SIZE = 100_000
+#: the magic bytes of compressed streams, which a shard never is (tarfile would inflate them)
+COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\x04\x22\x4d\x18": "lz4",
+}
 #: Fixed tar member metadata, so a shard's bytes depend only on its samples.
 TAR_MTIME = 0.0
 TAR_USER = "genrep"
@@ -166,58 +195,220 @@ def write_shard(fileobj: BinaryIO, samples: list[dict[str, bytes | str]]) -> Non
     writer.close()
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode an image member to RGB; PIL only reads pixel formats, never code."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.convert("RGB")
+def decode_image(data: bytes, fmt: str | None = None, size: tuple[int, int] | None = None):
+    """Decode an image member (`fmt`: its extension) to RGB, of `size` (width, height) if given;
+    PIL only reads the format's pixels, never code."""
+    formats = (PIL_FORMATS[fmt],) if fmt else tuple(PIL_FORMATS.values())
+    return decode_image_bytes(data, formats, size)
 
 
-def decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+def decode_npy(data: bytes, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A `.npy` member as an array (no object dtypes, no pickle), of `shape` if given; the header's
+    shape must match the member's size before anything is allocated."""
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        raise ValueError(f"npy version {version} is not read")
+    stored, fortran, dtype = read_header(stream)
+    if dtype.hasobject:
+        raise ValueError("npy array of Python objects")
+    count = int(np.prod(stored, dtype=np.int64)) if stored else 1
+    if count * dtype.itemsize != len(data) - stream.tell():
+        raise ValueError(f"npy header says {stored} {dtype}, the member holds other bytes")
+    if shape is not None and tuple(stored) != tuple(shape):
+        raise ValueError(f"array of shape {tuple(stored)}, expected {tuple(shape)}")
+    array = np.frombuffer(data, dtype, count, stream.tell())
+    return array.reshape(stored, order="F" if fortran else "C").copy()
 
 
-def decode_sample(raw: dict[str, Any]) -> Sample:
-    """Decode the raw members of one sample (as grouped by webdataset) into a `Sample`.
+@dataclass(frozen=True)
+class Expected:
+    """What every sample of a dataset holds according to its manifest; decoding refuses others."""
+
+    width: int
+    height: int
+    z_dim: int | None = None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> Expected:
+        frame = stored_frame(manifest)
+        return cls(frame.width, frame.height, int(manifest["generator"]["z_dim"]))
+
+
+def decode_sample(raw: dict[str, Any], expected: Expected | None = None) -> Sample:
+    """Decode the raw members of one sample (as `ShardFile.samples` groups them) into a `Sample`.
 
     Only the fields the format defines are decoded; any other member is ignored, so nothing in a
-    shard can run code. Raises `ShardFormatError` for a missing or undecodable field.
+    shard can run code. With `expected` (from the manifest), images must have its size and latents
+    its z_dim. Raises `ShardFormatError` for a missing, undecodable or unexpected field.
     """
     key = str(raw.get("__key__", "?"))
+    size = (expected.width, expected.height) if expected else None
+    z_dim = expected.z_dim if expected else None
     try:
-        anchor_field = next(
-            (f"anchor.{ext}" for ext in IMAGE_FORMATS if f"anchor.{ext}" in raw), None
-        )
-        if anchor_field is None:
+        anchor_ext = next((ext for ext in IMAGE_FORMATS if f"anchor.{ext}" in raw), None)
+        if anchor_ext is None:
             raise ShardFormatError("no anchor image")
-        anchor = decode_image(raw[anchor_field])
-        indexed = sorted((int(m.group(1)), name) for name in raw if (m := _NEIGHBOR_RE.match(name)))
-        if [i for i, _ in indexed] != list(range(len(indexed))):
+        anchor = decode_image(raw[f"anchor.{anchor_ext}"], anchor_ext, size)
+        indexed = sorted(
+            (int(m.group(1)), m.group(2), name) for name in raw if (m := _NEIGHBOR_RE.match(name))
+        )
+        if [i for i, _, _ in indexed] != list(range(len(indexed))):
             raise ShardFormatError("neighbor views are not numbered 0..K-1")
-        neighbors = [decode_image(raw[name]) for _, name in indexed]
+        neighbors = [decode_image(raw[name], ext, size) for _, ext, name in indexed]
         label = int(raw["cls"].decode()) if "cls" in raw else None
-        latent = decode_npy(raw["latent.npy"]) if "latent.npy" in raw else None
+        latent = (
+            decode_npy(raw["latent.npy"], None if z_dim is None else (z_dim,))
+            if "latent.npy" in raw
+            else None
+        )
         neighbor_latents = (
             decode_npy(raw["neighbor_latent.npy"]) if "neighbor_latent.npy" in raw else None
         )
+        if z_dim is not None and neighbor_latents is not None:
+            if neighbor_latents.ndim != 2 or neighbor_latents.shape[1] != z_dim:
+                raise ShardFormatError(f"neighbor latents of shape {neighbor_latents.shape}")
         meta = json.loads(raw["json"].decode()) if "json" in raw else {}
-    except ShardFormatError as err:
+    except DataError as err:  # a ShardFormatError, or an image the decoder refused
         raise ShardFormatError(f"sample {key}: {err}") from None
     except Exception as err:  # corrupt bytes surface as many exception types
         raise ShardFormatError(f"sample {key}: undecodable ({type(err).__name__}: {err})") from None
     return Sample(key, anchor, neighbors, label, latent, neighbor_latents, meta)
 
 
-def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw member groups of one shard, in order: webdataset's tar grouping, no decoding."""
-    import webdataset as wds
+#: the members a reader reads (the format's fields); any other member is skipped unread
+_FIELD_RE = re.compile(
+    r"^(\d+)\.((?:anchor|neighbor_\d+)\.(?:jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
+)
+#: tar headers whose data tarfile reads whole into memory: pax records and GNU long names
+_EXTENDED_HEADERS = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
-    with open(path, "rb") as stream:
-        members = (
-            {**member, "__url__": str(path)}
-            for member in wds.tariterators.tar_file_iterator(stream)
-        )
-        yield from wds.tariterators.group_by_keys(members)
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar header that tarfile may only expand within bounds: pax and long-name headers of at
+    most MAX_HEADER_BYTES, no GNU sparse maps (whose extension blocks tarfile reads until a flag
+    says stop)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise ShardFormatError(f"tar member {self.name!r} is a GNU sparse file")
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_HEADER_BYTES:
+            raise ShardFormatError(
+                f"a tar header of {self.size} bytes, over the {MAX_HEADER_BYTES} a shard may use"
+            )
+        return super()._proc_member(tarfile_)
+
+
+class _HashingReader:
+    """The raw file under the tar parser: everything read is hashed and counted."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.file.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+class ShardFile:
+    """One pass over a shard: its samples' raw members, and its checksum.
+
+    `with ShardFile(path, entry) as shard:` opens a regular file (anything else is a
+    `ShardFormatError`) whose size must be the manifest `entry`'s; `shard.samples()` yields each
+    sample's members as `{"__key__": KEY, FIELD: bytes}`, and `shard.checksum_matches()` reads
+    what the parser left (the tar's padding, or the samples after the last one used) and says
+    whether the sha256 of the whole file is the entry's. Every problem is a `ShardFormatError`.
+    """
+
+    def __init__(self, path: str | Path, entry: Mapping[str, Any] | None = None) -> None:
+        self.path, self.entry = Path(path), entry
+
+    def __enter__(self) -> ShardFile:
+        try:
+            file = open_regular(self.path, ShardFormatError, "the shard")
+        except FileNotFoundError:
+            raise ShardFormatError("missing") from None
+        except OSError as err:
+            raise ShardFormatError(f"unreadable ({err.strerror})") from None
+        self._file = file
+        size = os.fstat(file.fileno()).st_size
+        if self.entry is not None and size != self.entry["bytes"]:
+            file.close()
+            raise ShardFormatError(f"size {size} != {self.entry['bytes']} in the manifest")
+        self._reader = _HashingReader(file)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def samples(self) -> Iterator[dict[str, Any]]:
+        """The raw samples in order: consecutive members sharing a key (webdataset's grouping)."""
+        sample: dict[str, Any] = {}
+        try:
+            head = self._file.peek(8)
+            kind = next(
+                (k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None
+            )
+            if kind:
+                raise ShardFormatError(f"a {kind}-compressed file; shards are uncompressed tar")
+            # "r|": a plain tar stream; tarfile's "r|*" would inflate a compressed one.
+            with tarfile.open(fileobj=self._reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+                for info in tar:
+                    tar.members = []  # stream mode keeps every header otherwise
+                    match = _FIELD_RE.match(info.name)
+                    if not info.isreg() or match is None:
+                        continue
+                    key, name = match.groups()
+                    if info.size > MAX_MEMBER_BYTES:
+                        raise ShardFormatError(
+                            f"member {info.name} has {info.size} bytes, over the "
+                            f"{MAX_MEMBER_BYTES} a shard member may have"
+                        )
+                    if sample and key != sample["__key__"]:
+                        yield sample
+                        sample = {}
+                    sample.setdefault("__key__", key)
+                    if name in sample:
+                        raise ShardFormatError(f"sample {key} holds {name} twice")
+                    sample[name] = tar.extractfile(info).read()
+        except (tarfile.TarError, EOFError) as err:
+            raise ShardFormatError(f"not a readable tar ({err})") from None
+        except OSError as err:
+            raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
+        if sample:
+            yield sample
+
+    def checksum_matches(self) -> bool:
+        """Whether the whole file's sha256 is the manifest entry's (reads what is left)."""
+        try:
+            while self._reader.read(1 << 20):
+                pass
+        except OSError as err:
+            raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
+        return self._reader.digest.hexdigest() == self.entry["sha256"]
+
+    def check(self) -> None:
+        """`checksum_matches`, or a `ShardFormatError`."""
+        if not self.checksum_matches():
+            raise ShardFormatError("sha256 differs from the manifest")
+
+
+def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard, in order, without decoding (and without a checksum)."""
+    with ShardFile(path) as shard:
+        yield from shard.samples()
 
 
 def shard_paths(folder: str | Path) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ import click
 import numpy as np
 from PIL import Image
 
-from genrep.errors import DataError, Group, ShardFormatError
-from genrep.io import sha256_file
+from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
+from genrep.images import MAX_IMAGE_PIXELS
+from genrep.io import atomic_open
 from genrep.manifest import find_dataset, read_manifest
 from genrep.options import config_option
-from genrep.shards import decode_sample, iter_raw_samples, stored_frame
+from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
 PREVIEW_CELL = 256
@@ -54,26 +56,34 @@ def inspect(folder: str) -> None:
     click.echo("\n".join(lines))
 
 
-def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | None:
-    """What is wrong with one shard (checksum, size, sample count, decodability), or None."""
-    if not path.exists():
-        return "missing"
-    if path.stat().st_size != entry["bytes"]:
-        return f"size {path.stat().st_size} != {entry['bytes']} in the manifest"
-    if sha256_file(path) != entry["sha256"]:
-        return "sha256 differs from the manifest"
-    count = 0
+def verify_shard(
+    path: Path, entry: dict[str, Any], expected: Expected, neighbors: int
+) -> str | None:
+    """What is wrong with one shard (size, checksum, decodability, sample count), or None.
+
+    One pass: the samples are decoded as the file streams through the hash."""
+    problem, count = None, 0
     try:
-        for raw in iter_raw_samples(path):
-            sample = decode_sample(raw)
-            if len(sample.neighbors) != neighbors:
-                return f"sample {sample.key} has {len(sample.neighbors)} neighbors, expected {neighbors}"
-            count += 1
-    except (ShardFormatError, OSError, ValueError) as err:
+        with ShardFile(path, entry) as shard:
+            try:
+                for raw in shard.samples():
+                    sample = decode_sample(raw, expected)
+                    if len(sample.neighbors) != neighbors:
+                        problem = (
+                            f"sample {sample.key} has {len(sample.neighbors)} neighbors, "
+                            f"expected {neighbors}"
+                        )
+                        break
+                    count += 1
+            except ShardFormatError as err:
+                problem = str(err)
+            if not shard.checksum_matches():
+                return "sha256 differs from the manifest" + (f" ({problem})" if problem else "")
+    except ShardFormatError as err:  # not a regular file, or not the manifest's size
         return str(err)
-    if count != entry["samples"]:
-        return f"{count} samples, manifest says {entry['samples']}"
-    return None
+    if problem is None and count != entry["samples"]:
+        problem = f"{count} samples, manifest says {entry['samples']}"
+    return problem
 
 
 @main.command()
@@ -82,14 +92,16 @@ def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | Non
 def verify(folder: str) -> None:
     """Check every shard's checksum and decode every sample; exit 1 naming each bad shard."""
     path, m = _dataset(folder)
-    bad = 0
+    bad, expected = 0, Expected.of(m)
     for entry in m["shards"]:
-        problem = verify_shard(path / entry["name"], entry, m["neighbors"])
+        problem = verify_shard(path / entry["name"], entry, expected, m["neighbors"])
         if problem:
             bad += 1
             click.echo(f"BAD {entry['name']}: {problem}", err=True)
     listed = {entry["name"] for entry in m["shards"]}
-    for stray in sorted(p.name for p in path.glob("shard-*.tar") if p.name not in listed):
+    with os.scandir(path) as entries:
+        names = [entry.name for entry in entries]
+    for stray in sorted(name for name in names if SHARD_RE.match(name) and name not in listed):
         bad += 1
         click.echo(f"BAD {stray}: not in the manifest", err=True)
     if not m["complete"]:
@@ -102,7 +114,7 @@ def verify(folder: str) -> None:
 @main.command()
 @config_option
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
+@click.option("--out", default="preview.png", show_default=True, help="Image file to write.")
 @click.option(
     "--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Anchors to show."
 )
@@ -110,29 +122,55 @@ def verify(folder: str) -> None:
     "--columns", type=click.IntRange(min=0), default=None, help="Neighbors per row [default: all]."
 )
 def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
-    """A contact sheet: each row an anchor followed by its neighbor views."""
+    """A contact sheet: each row an anchor followed by its neighbor views (bad samples skipped)."""
+    image_format = Image.registered_extensions().get(Path(out).suffix.lower())
+    if image_format not in Image.SAVE:
+        raise UsageError(f"--out {out}: name an image file (.png, .jpg or .webp) for the sheet")
     path, m = _dataset(folder)
-    grid: list[list[Image.Image]] = []
-    for entry in m["shards"]:
-        for raw in iter_raw_samples(path / entry["name"]):
-            sample = decode_sample(raw)
-            grid.append([sample.anchor, *sample.neighbors[:columns]])
-            if len(grid) == rows:
-                break
-        if len(grid) == rows:
-            break
-    if not grid:
-        raise DataError(f"{path} holds no samples yet")
     frame, gap = stored_frame(m), 2
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    width = 1 + min(m["neighbors"], m["neighbors"] if columns is None else columns)
+    shape = (rows * (cell_h + gap) - gap, width * (cell_w + gap) - gap)
+    if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
+        raise UsageError(
+            f"a sheet of {rows} rows of {width} images would be {shape[1]}x{shape[0]} px; "
+            "lower --rows or --columns"
+        )
+    grid: list[list[np.ndarray]] = []
+    skipped, problem = 0, ""
+    expected = Expected.of(m)
+    for entry in m["shards"]:
+        try:
+            with ShardFile(path / entry["name"]) as shard:
+                for raw in shard.samples():
+                    try:
+                        sample = decode_sample(raw, expected)
+                    except ShardFormatError as err:
+                        skipped, problem = skipped + 1, str(err)
+                        continue
+                    views = [sample.anchor, *sample.neighbors[: width - 1]]
+                    grid.append([np.asarray(v.resize((cell_w, cell_h))) for v in views])
+                    if len(grid) == rows:
+                        break
+        except ShardFormatError as err:
+            skipped, problem = skipped + 1, f"{entry['name']}: {err}"
+        if len(grid) == rows:
+            break
+    if skipped:
+        warn(
+            f"skipped {skipped} bad samples or shards (the last: {problem}); see genrep-shards verify"
+        )
+    if not grid:
+        raise DataError(f"{path} holds no readable samples")
     width = max(len(row) for row in grid)
     sheet = np.full(
         (len(grid) * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8
     )
     for r, row in enumerate(grid):
-        for c, image in enumerate(row):
+        for c, pixels in enumerate(row):
             y, x = r * (cell_h + gap), c * (cell_w + gap)
-            sheet[y : y + cell_h, x : x + cell_w] = np.asarray(image.resize((cell_w, cell_h)))
-    Image.fromarray(sheet).save(out)
+            sheet[y : y + cell_h, x : x + cell_w] = pixels
+    with atomic_open(out) as handle:
+        Image.fromarray(sheet).save(handle, format=image_format)
     click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")

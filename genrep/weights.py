@@ -20,6 +20,7 @@ import os
 import pickle
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from genrep.errors import WeightsError
-from genrep.io import commit_tmp, sha256_file, tmp_path_for
+from genrep.io import commit_tmp, open_regular, sha256_file, tmp_path_for
 from genrep.paths import weights_dir
 from genrep.safeload import load_tensors
 
@@ -186,7 +187,9 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
 
 
 def _load_storage_bytes(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on legacy formats: the error says it all
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
@@ -274,12 +277,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise WeightsError(f"{self._source} uses pickle persistent ids, which genrep does not load")
 
 
+#: the first bytes of a zip archive (a torch.save file)
+ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load_restricted_pickle(
     path: str | os.PathLike,
     allowed: Mapping[tuple[str, str], Callable[..., Any]] = NVIDIA_PICKLE_GLOBALS,
 ) -> Any:
     """Unpickle `path` allowing only the globals of `allowed` (mapped to their stand-ins)."""
-    with open(path, "rb") as f:
+    with open_regular(path, WeightsError) as f:
+        if f.peek(4)[:4] == ZIP_MAGIC:
+            raise WeightsError(
+                f"{path} is a torch.save archive, not a pickled network snapshot: name it .pt "
+                "(a state dict), or pass the .pkl snapshot"
+            )
         try:
             return _RestrictedUnpickler(f, allowed, str(path)).load()
         except WeightsError:

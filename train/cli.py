@@ -148,7 +148,14 @@ def _takers(option: str) -> str:
 @click.option(
     "--strict",
     is_flag=True,
-    help="Stop at a sample with a missing or undecodable view instead of skipping it.",
+    help="Stop at a bad sample (a missing or undecodable view) or a damaged shard instead of "
+    "skipping it.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    help="Check each shard's size and sha256 against its manifest the first time it is read "
+    "(hashed while streaming); a shard that differs is skipped like a damaged one.",
 )
 @click.option(
     "--out",

@@ -10,7 +10,6 @@ anything is written.
 
 from __future__ import annotations
 
-import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from genrep.config import to_plain
 from genrep.errors import UsageError
-from genrep.options import default_workers, flag_label, resolve_precision
+from genrep.options import check_number, default_workers, flag_label, resolve_precision
 from genrep.train.data import DatasetInfo, steps_per_epoch
 from genrep.train.objectives import OBJECTIVES
 from genrep.train.tx import build_recipe
@@ -29,6 +28,10 @@ LR_REFERENCE_BATCH = 256
 DEFAULT_EPOCHS = 20
 #: arguments of an objective's constructor before its options: feature width and dataset info
 OBJECTIVE_CONTEXT = 2
+#: upper bounds of the settings that multiply the memory of a batch or a head
+MAX_INPUT_SIZE = 2048
+MAX_VIEWS = 64
+MAX_PROJECTION_DIM = 1 << 16
 
 
 def setting(
@@ -39,13 +42,13 @@ def setting(
     objective_option: bool = False,
     at_least: float | None = None,
     above: float | None = None,
+    at_most: float | None = None,
 ) -> Any:
     """A field of `TrainConfig` with its metadata (see the module docstring)."""
     metadata = {
         "resumable": resumable,
         "objective_option": objective_option,
-        "at_least": at_least,
-        "above": above,
+        "range": {"at_least": at_least, "above": above, "at_most": at_most},
     }
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -89,10 +92,12 @@ class TrainConfig:
     arch: str = "resnet50"
     tx: str = "genrep"
     augment: bool | None = None
-    input_size: int | None = setting(None, at_least=1)
-    views: int | None = setting(None, at_least=1)
+    input_size: int | None = setting(None, at_least=1, at_most=MAX_INPUT_SIZE)
+    views: int | None = setting(None, at_least=1, at_most=MAX_VIEWS)
     temperature: float | None = setting(None, objective_option=True, above=0)
-    projection_dim: int | None = setting(None, objective_option=True, at_least=1)
+    projection_dim: int | None = setting(
+        None, objective_option=True, at_least=1, at_most=MAX_PROJECTION_DIM
+    )
     # the optimisation
     batch_size: int = setting(256, at_least=1)
     lr: float = setting(0.03, above=0)
@@ -110,6 +115,7 @@ class TrainConfig:
     checkpoint_every: int = setting(500, resumable=True, at_least=1)
     log_every: int = setting(10, resumable=True, at_least=1)
     strict: bool = setting(False, resumable=True)
+    verify: bool = setting(True, resumable=True)
     progress: bool = setting(True, resumable=True)
     out: str | None = setting(None, resumable=True)
     # filled in by `resolve`
@@ -123,19 +129,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
         for spec in fields(self):
-            value = getattr(self, spec.name)
-            at_least, above = spec.metadata.get("at_least"), spec.metadata.get("above")
-            if value is None or (at_least is None and above is None):
-                continue
-            rule = f">= {at_least}" if at_least is not None else f"> {above}"
-            if isinstance(value, float):
-                rule = f"a finite number {rule}"
-            if not (
-                math.isfinite(value)
-                and (at_least is None or value >= at_least)
-                and (above is None or value > above)
-            ):
-                raise UsageError(f"{flag_label(spec.name)} must be {rule}, got {value}")
+            if any(bound is not None for bound in spec.metadata.get("range", {}).values()):
+                check_number(
+                    flag_label(spec.name), getattr(self, spec.name), **spec.metadata["range"]
+                )
 
     def objective_options(self) -> dict[str, Any]:
         """The objective's options as set here (None: the objective's default, or not taken)."""

@@ -9,7 +9,10 @@ batches on every rank, so uneven shards cannot hang DDP. A stream's position is 
 of the training step, so a resumed run skips the raw bytes it already used without decoding them.
 
 Shards are read only through `genrep.manifest` and `genrep.shards` (no globs, no webdataset
-default decoders: nothing in a shard can run code).
+default decoders: nothing in a shard can run code). A bad sample is skipped and counted (`--strict`:
+an error); a damaged shard (unreadable, truncated, not the manifest's checksum) is skipped from
+where the damage is found, for the rest of the run. A stream that meets as many bad samples in a
+row as the data holds stops with one error instead of looking for a good one forever.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.datasets import ImageFolder
 
-from genrep.errors import DataError, ShardFormatError, UsageError
+from genrep.errors import DataError, ShardFormatError, UsageError, warn
+from genrep.images import read_image_file
 from genrep.manifest import content_hash, find_dataset, load_dataset
-from genrep.shards import IMAGE_FORMATS, decode_sample, iter_raw_samples, stored_frame
+from genrep.shards import IMAGE_FORMATS, Expected, ShardFile, decode_sample, stored_frame
 from genrep.train.tx import Transform
 
 #: Side real images are brought to: the paper trains its real-data baselines at 128 px (App. D).
@@ -77,17 +81,65 @@ class Source:
 
 
 class ShardSource(Source):
-    """The shards of one or more genrep datasets, concatenated."""
+    """The shards of one or more genrep datasets, concatenated.
+
+    `read` yields one raw sample per sample of the range and, where a shard is damaged, one
+    placeholder (`__error__`, and `__count__`: the samples of the range it stands for) after what
+    could be read, so a range always yields something and a damaged shard costs no more than its
+    reading.
+    With `verify`, the first read of a shard (in a DataLoader worker) checks its size and, while
+    streaming, its sha256 against the manifest (reading the rest of the file when the range ends
+    before it); a shard that fails is damaged from then on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        units: Sequence[Path],
+        entries: Sequence[dict[str, Any]],
+        expected: Sequence[Expected],
+        verify: bool,
+    ) -> None:
+        super().__init__(name, units, [int(entry["samples"]) for entry in entries])
+        self.entries, self.expected, self.verify = list(entries), list(expected), verify
+        self.verified: set[int] = set()
+        self.damaged: dict[int, str] = {}
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
         path = self.units[unit]
         tag = f"{path.parent.name}/{path.name}"
-        try:
-            for raw in itertools.islice(iter_raw_samples(path), start, stop):
-                raw["__uid__"] = f"{tag}:{raw.get('__key__')}"
-                yield raw
-        except (OSError, ValueError) as err:  # a truncated or damaged tar
-            yield {"__url__": str(path), "__uid__": f"{tag}:?", "__error__": f"unreadable ({err})"}
+        delivered = 0
+        if unit not in self.damaged:
+            check = self.verify and unit not in self.verified
+            try:
+                with ShardFile(path, self.entries[unit] if check else None) as shard:
+                    for index, raw in enumerate(shard.samples()):
+                        if index >= stop:
+                            break
+                        if index >= start:
+                            raw["__uid__"] = f"{tag}:{raw['__key__']}"
+                            raw["__url__"] = str(path)
+                            raw["__expected__"] = self.expected[unit]
+                            delivered += 1
+                            yield raw
+                    if check:
+                        shard.check()
+                if start + delivered < stop:
+                    raise ShardFormatError(
+                        f"holds {start + delivered} samples, its manifest says "
+                        f"{self.entries[unit]['samples']}"
+                    )
+                self.verified.add(unit)
+            except ShardFormatError as err:
+                self.damaged[unit] = str(err)
+                warn(f"{tag}: {err}; skipping it (genrep-shards verify names bad shards)")
+        if unit in self.damaged:  # (--strict stops here, even when every sample was delivered)
+            yield {
+                "__url__": str(path),
+                "__uid__": f"{tag}:?",
+                "__error__": self.damaged[unit],
+                "__count__": stop - start - delivered,
+            }
 
 
 class ImageFileSource(Source):
@@ -132,15 +184,19 @@ class DatasetInfo:
         return len(self.classes) if self.classes else 0
 
 
-def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict[str, Any]]:
+def open_shard_folders(
+    folders: Sequence[str | Path], verify: bool = True
+) -> tuple[ShardSource, dict[str, Any]]:
     """Shards of the dataset folders (via their manifests) and what they hold in common."""
-    paths, counts, manifests, names = [], [], [], []
+    paths, entries, expected, manifests, names = [], [], [], [], []
     for folder in folders:
         manifest, shard_paths = load_dataset(folder)  # a ManifestError is a DataError
         names.append(find_dataset(folder).resolve().name)
         manifests.append(manifest)
         paths += shard_paths
-        counts += [int(entry["samples"]) for entry in manifest["shards"]]
+        entries += manifest["shards"]
+        expected += [Expected.of(manifest)] * len(shard_paths)
+    counts = [int(entry["samples"]) for entry in entries]
     z_dims = {m["generator"]["z_dim"] for m in manifests}
     conditional = {m["generator"]["num_classes"] > 0 for m in manifests}
     classes = None
@@ -164,7 +220,7 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
         if len(hashes) == 1
         else hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
     }
-    return ShardSource(summary["name"], paths, counts), summary
+    return ShardSource(summary["name"], paths, entries, expected, verify), summary
 
 
 def open_image_folder(root: str | Path) -> ImageFileSource:
@@ -180,7 +236,10 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
 
 
 def open_data(
-    shard_folders: Sequence[str | Path], real: str | Path | None, real_fraction: float | None
+    shard_folders: Sequence[str | Path],
+    real: str | Path | None,
+    real_fraction: float | None,
+    verify: bool = True,
 ) -> DatasetInfo:
     """Open the training input named on the command line, checking the combination makes sense
     (a combination of flags that does not is a UsageError, data that cannot be read a DataError)."""
@@ -196,7 +255,7 @@ def open_data(
     sources: list[Source] = []
     summary: dict[str, Any] = {}
     if shard_folders:
-        shards, summary = open_shard_folders(shard_folders)
+        shards, summary = open_shard_folders(shard_folders, verify)
         sources.append(shards)
     if real is None:
         return DatasetInfo(
@@ -323,15 +382,21 @@ class TrainingStream(IterableDataset):
 
     def _examples(self, raws: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         skipped = 0
+        whole_pass = sum(source.size for source in self.info.sources)
         for raw in raws:
             try:
                 example = self._example(raw)
             except ShardFormatError as err:
+                where = f"{raw.get('__url__')}: {err}"
                 if self.spec.strict:
+                    raise DataError(f"{where} (drop --strict to skip such samples)") from None
+                skipped += raw.get("__count__", 1)
+                if skipped >= whole_pass:
                     raise DataError(
-                        f"{raw.get('__url__')}: {err} (drop --strict to skip such samples)"
+                        f"{self.info.name}: no usable sample in a whole pass over its "
+                        f"{whole_pass} samples ({skipped} bad in a row; the last: {where}); "
+                        "check it with genrep-shards verify"
                     ) from None
-                skipped += 1
                 continue
             example["skipped"] = skipped
             skipped = 0
@@ -346,10 +411,9 @@ class TrainingStream(IterableDataset):
         latents = None
         if "label" in raw:  # a real image file
             try:
-                with Image.open(raw["__url__"]) as image:
-                    image = image.convert("RGB")
-            except Exception as err:  # unreadable files surface as many exception types
-                raise ShardFormatError(f"image {raw['__uid__']}: undecodable ({err})") from None
+                image = read_image_file(raw["__url__"])
+            except (DataError, OSError) as err:
+                raise ShardFormatError(f"image {raw['__uid__']}: {err}") from None
             images, label = [image] * spec.views, raw["label"]
         else:
             images, latents, label = self._shard_views(raw, random.Random(seed))
@@ -388,7 +452,7 @@ class TrainingStream(IterableDataset):
             if name is None:
                 raise ShardFormatError(f"sample {raw.get('__key__')}: neighbor view {j} is missing")
             members[f"neighbor_{i}.{name.rsplit('.', 1)[1]}"] = raw[name]
-        sample = decode_sample(members)
+        sample = decode_sample(members, raw["__expected__"])
         label = -1
         if spec.needs_labels:
             if sample.label is None or sample.label not in (spec.label_index or {}):

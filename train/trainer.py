@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from genrep.config import save_config
 from genrep.encoders import backbone_state, build_backbone, normalize
-from genrep.errors import OutputError, UserError
+from genrep.errors import DataError, OutputError, UserError
 from genrep.io import TMP_SUFFIX, atomic_torch_save, atomic_write_bytes, remove_stale_tmp
 from genrep.manifest import MANIFEST
 from genrep.options import autocast_dtype, resolve_device
@@ -61,6 +61,8 @@ class Distributed:
     world: int
     local_rank: int
     device: torch.device
+    #: a CPU (gloo) process group for the per-step check that every rank still has data
+    control: Any = None
 
     @property
     def main(self) -> bool:
@@ -75,9 +77,36 @@ def setup_distributed(device: str) -> Distributed:
     target = resolve_device(device)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-    return Distributed(rank, world, local_rank, target)
+    control = None
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+        control = dist.new_group(backend="gloo")
+    return Distributed(rank, world, local_rank, target, control)
+
+
+def next_batch(batches: Iterator[dict[str, Any]], env: Distributed) -> dict[str, Any]:
+    """This rank's next batch. Under DDP a rank whose data fails (a `UserError`: no usable sample
+    left, `--strict`) stops every rank with it: the others would otherwise wait forever in the
+    gradient all-reduce. The check is one int all-reduced on the CPU group, which does not wait
+    for the GPU."""
+    problem: UserError | None = None
+    try:
+        batch = next(batches)
+    except UserError as err:
+        problem = err
+    if env.world > 1:
+        stopped = torch.tensor([problem is not None], dtype=torch.int32)
+        dist.all_reduce(stopped, dist.ReduceOp.MAX, group=env.control)
+        if stopped.item():
+            reports: list[str | None] = [None] * env.world
+            dist.all_gather_object(reports, problem and str(problem), group=env.control)
+            if problem is None:
+                rank, message = next((r, m) for r, m in enumerate(reports) if m)
+                raise DataError(f"rank {rank} stopped: {message}")
+    if problem is not None:
+        raise problem
+    return batch
 
 
 class CosineSchedule:
@@ -261,7 +290,7 @@ def _train(
     hooks: Sequence[StepHook],
     log: Callable[[str], None],
 ) -> Path:
-    info = open_data(requested.shards, requested.real, requested.real_fraction)
+    info = open_data(requested.shards, requested.real, requested.real_fraction, requested.verify)
     config = requested.resolve(info, env.world, env.device)
     workers = check_stream_sizes(info, env.world, config.workers, config.batch_size)
     if workers < config.workers:
@@ -329,7 +358,7 @@ def _train(
     batches = iter(loader)
     try:
         for step in range(start, total):
-            batch = next(batches)
+            batch = next_batch(batches, env)
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -394,8 +423,8 @@ def _train(
         del batches
     if skipped_total:
         log(
-            f"skipped {skipped_total} samples with a missing or undecodable view "
-            "(--strict makes them an error)"
+            f"skipped {skipped_total} bad samples (missing or undecodable views, damaged shards; "
+            "--strict makes them an error)"
         )
     log(f"trained {total} steps; backbone: {out / BACKBONE}")
     if distributed:

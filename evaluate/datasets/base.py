@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from genrep.errors import DataError, UsageError, one_line
+from genrep.images import read_image_file
 from genrep.registry import Registry
 
 DATASETS: Registry[type[ProbeDataset]] = Registry("dataset", packages=["genrep.evaluate.datasets"])
@@ -78,9 +79,8 @@ class ProbeDataset(ABC):
         from a DataLoader worker, whose errors reach the command as one line)."""
         path = self.root / self.items[split][index]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as err:
+            return read_image_file(path)
+        except (OSError, DataError) as err:
             raise DataError(
                 f"cannot read image {path} ({one_line(err)}); replace or remove it"
             ) from None

@@ -24,13 +24,18 @@ import numpy as np
 import torch
 
 from genrep.errors import UsageError
-from genrep.generate.models.base import GENERATORS, Generator, parameters_sha256
+from genrep.generate.models.base import GENERATORS, Generator, model_option_label, parameters_sha256
+from genrep.options import check_number
 
 # How strongly the geometry/color parts of z act (per unit of z along each fixed direction).
 SHIFT_PER_UNIT = 0.25  # in units of the half-width of the image
 ROTATION_PER_UNIT = 0.35  # radians
 LOG_SCALE_PER_UNIT = 0.25
 COLOR_PER_UNIT = 0.3
+#: ranges of the model options (memory grows with z_dim^2, classes and resolution^2)
+MAX_Z_DIM = 4096
+MAX_CLASSES = 10_000
+RESOLUTIONS = (8, 1024)
 
 
 class EmbeddedGenerator(Generator):
@@ -48,8 +53,6 @@ class EmbeddedGenerator(Generator):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if z_dim < 16:
-            raise UsageError(f"embedded generator needs z_dim >= 16, got {z_dim}")
         self.z_dim, self.num_classes, self.resolution = z_dim, num_classes, resolution
         self.seed = seed
         rng = np.random.default_rng([seed, z_dim, num_classes, features, hidden])
@@ -180,6 +183,14 @@ def build_embedded(
     """Build the embedded generator; an integer `classes` K makes it class-conditional with K classes."""
     if weights is not None:
         raise UsageError("the embedded generator has no weights file; drop --weights")
+    for name, value, low, high in (
+        ("z_dim", z_dim, 16, MAX_Z_DIM),
+        ("resolution", resolution, *RESOLUTIONS),
+        ("seed", seed, 0, 2**32 - 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UsageError(f"{model_option_label(name)} must be a whole number, got {value!r}")
+        check_number(model_option_label(name), value, at_least=low, at_most=high)
     num_classes = 0
     if classes is not None:
         try:
@@ -188,8 +199,7 @@ def build_embedded(
             raise UsageError(
                 f"--classes for the embedded generator is a number of classes K, got {classes!r}"
             ) from None
-        if num_classes < 1:
-            raise UsageError(f"--classes must be >= 1, got {num_classes}")
+        check_number("--classes", num_classes, at_least=1, at_most=MAX_CLASSES)
     return EmbeddedGenerator(
         z_dim=z_dim, num_classes=num_classes, resolution=resolution, seed=seed
     ).to(device)

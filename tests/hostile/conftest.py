@@ -1,0 +1,45 @@
+"""Fixtures of the hostile-input tests: a tiny dataset made once, copies a test may damage, and a
+deadline that turns a hang into a failure."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_generate
+
+#: flags of the tiny dataset: 16 px embedded images, 4 shards of 2 anchors, 1 gaussian neighbor
+TINY = ["--model-option", "resolution=16", "--workers", "0", "--n", "8", "--shard-size", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hostile") / "tiny"
+    run_generate(*TINY, "--out", str(out))
+    return out
+
+
+@pytest.fixture
+def dataset(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny dataset that the test may damage."""
+    return Path(shutil.copytree(tiny_dataset, tmp_path / "tiny"))
+
+
+@pytest.fixture
+def deadline() -> Iterator[Callable[[int], None]]:
+    """`deadline(seconds)`: the test fails with TimeoutError instead of hanging the suite."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TimeoutError("the command is still running: it hangs on this input")
+
+    def arm(seconds: int) -> None:
+        signal.signal(signal.SIGALRM, expire)
+        signal.alarm(seconds)
+
+    previous = signal.getsignal(signal.SIGALRM)
+    yield arm
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,275 @@
+"""Reading a dataset folder someone handed you: special files, damaged or compressed tars, names
+that are not shards, members and images larger than they may be, manifests that are not what they
+claim. Every case ends at once, in `verify` as a BAD line and elsewhere as one error line."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genrep.errors import DataError, ManifestError, ShardFormatError
+from genrep.images import MAX_IMAGE_PIXELS, decode_image
+from genrep.manifest import MAX_MANIFEST_BYTES, read_manifest
+from genrep.shards import (
+    MAX_HEADER_BYTES,
+    MAX_MEMBER_BYTES,
+    Expected,
+    ShardFile,
+    decode_npy,
+    decode_sample,
+)
+from genrep.shards_cli import main as shards_main
+
+from .helpers import (
+    cli,
+    manifest,
+    only_line,
+    png_header,
+    replace_shard,
+    tar_bytes,
+    tar_members,
+    write_manifest,
+)
+
+
+def bad_lines(result) -> dict[str, str]:
+    """verify's `BAD NAME: PROBLEM` lines, by shard name."""
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    bad = [
+        line[4:].split(": ", 1) for line in result.output.splitlines() if line.startswith("BAD ")
+    ]
+    return dict(bad)
+
+
+def test_verify_names_fifos_devices_and_folders_without_reading_them(dataset, deadline):
+    deadline(300)
+    (dataset / "shard-000000.tar").unlink()
+    os.mkfifo(dataset / "shard-000000.tar")  # open() would wait for a writer forever
+    (dataset / "shard-000001.tar").unlink()
+    (dataset / "shard-000001.tar").symlink_to("/dev/zero")  # endless bytes
+    (dataset / "shard-000002.tar").unlink()
+    (dataset / "shard-000002.tar").mkdir()
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert bad == {
+        "shard-000000.tar": "the shard is a FIFO, not a regular file",
+        "shard-000001.tar": "the shard is a device, not a regular file",
+        "shard-000002.tar": "the shard is a folder, not a regular file",
+    }
+
+
+def _gzip_of_first(folder):
+    return gzip.compress((folder / "shard-000000.tar").read_bytes())
+
+
+@pytest.mark.parametrize(
+    "damage, recorded, problem",
+    [
+        (lambda d: (d / "shard-000000.tar").read_bytes()[:1000], False, "size 1000 != "),
+        (lambda d: b"", True, "not a readable tar (empty file)"),
+        (lambda d: tar_bytes([]), True, "0 samples, manifest says 2"),
+        (lambda d: os.urandom(20480), True, "not a readable tar"),
+        (lambda d: b"\0" * 20480, True, "0 samples, manifest says 2"),
+        (_gzip_of_first, True, "a gzip-compressed file; shards are uncompressed tar"),
+        (lambda d: b"BZh91AY&SY" + os.urandom(100), True, "a bzip2-compressed file"),
+    ],
+    ids=["truncated", "empty-file", "empty-tar", "garbage", "zeros", "gzip", "bzip2"],
+)
+def test_damaged_or_compressed_tars_are_bad_in_verify(dataset, damage, recorded, problem):
+    """Even when the manifest records the bad file's checksum, what is in it is judged."""
+    replace_shard(dataset, "shard-000000.tar", damage(dataset), record=recorded)
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert list(bad) == ["shard-000000.tar"] and bad["shard-000000.tar"].startswith(problem)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "../other/shard-000000.tar",
+        "shard-0.tar",
+        "shard-000009.tar",
+    ],
+)
+def test_manifest_names_only_shards_of_the_dataset(dataset, name):
+    edited = manifest(dataset)
+    edited["shards"][0]["name"] = name
+    write_manifest(dataset, edited)
+    with pytest.raises(ManifestError, match="is damaged: .*shard"):
+        read_manifest(dataset)
+    for args in (["verify", dataset], ["inspect", dataset]):
+        assert "manifest.json is damaged" in only_line(cli(shards_main, *args), 1)
+
+
+def _shard_with(dataset, edit) -> None:
+    """Rewrite shard 0 with `edit(members) -> members`, its manifest entry following."""
+    path = dataset / "shard-000000.tar"
+    replace_shard(dataset, path.name, tar_bytes(edit(tar_members(path))))
+
+
+def _anchor(data: bytes, ext: str = "jpg"):
+    """An edit that replaces every anchor by `data`, stored as anchor.EXT."""
+    return lambda members: [
+        (name[: -len("jpg")] + ext, data) if name.endswith("anchor.jpg") else (name, value)
+        for name, value in members
+    ]
+
+
+def test_image_larger_than_the_manifest_says_is_refused_before_decoding(dataset):
+    """A 13000x13000 header (500 MB of pixels) is refused from its header alone."""
+    _shard_with(dataset, _anchor(png_header(13000, 13000), "png"))
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert "image is 13000x13000 px, expected 16x16" in bad["shard-000000.tar"]
+
+
+def test_pixel_cap_holds_whatever_pil_is_told(monkeypatch):
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # some library turned PIL's guard off
+    with pytest.raises(DataError, match=f"image is {side}x{side} px, over the"):
+        decode_image(png_header(side, side), ("PNG",))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # or made it stricter than genrep's
+    with pytest.raises(DataError, match="image over the .* pixels genrep decodes"):
+        decode_image(png_header(100, 100), ("PNG",))
+
+
+def test_an_image_is_decoded_only_by_its_extension_s_decoder(dataset):
+    """A PNG stored as anchor.jpg is refused: no decoder other than the named one sees the bytes
+    (PIL would otherwise try every plugin, EPS included, which runs Ghostscript)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "PNG")
+    _shard_with(dataset, _anchor(buffer.getvalue()))
+    assert "undecodable image" in bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"]
+
+
+def test_a_member_over_the_cap_is_refused_unread(dataset):
+    """The header claims more than MAX_MEMBER_BYTES: refused before any of it is read."""
+    info = tarfile.TarInfo("000000000.anchor.jpg")
+    info.size = MAX_MEMBER_BYTES + 1
+    data = info.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024
+    replace_shard(dataset, "shard-000000.tar", data)
+    assert (
+        "over the 67108864 a shard member"
+        in bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"]
+    )
+
+
+def test_a_huge_pax_header_is_refused_unread(tmp_path):
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, MAX_HEADER_BYTES + 1
+    path = tmp_path / "shard-000000.tar"
+    path.write_bytes(info.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024)
+    with ShardFile(path) as shard, pytest.raises(ShardFormatError, match="a tar header of"):
+        list(shard.samples())
+
+
+def test_npy_members_cannot_ask_for_more_than_they_hold():
+    """A 16-byte member whose header says 4 TB is refused before anything is allocated."""
+    huge = io.BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    np.lib.format.write_array_header_1_0(huge, header)
+    with pytest.raises(ValueError, match="the member holds other bytes"):
+        decode_npy(huge.getvalue() + bytes(16))
+    objects = io.BytesIO()
+    np.save(objects, np.array([None, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Python objects"):
+        decode_npy(objects.getvalue())
+    latent = io.BytesIO()
+    np.save(latent, np.zeros(4, np.float32))
+    raw = {"__key__": "7", "anchor.png": _png(16), "latent.npy": latent.getvalue()}
+    with pytest.raises(ShardFormatError, match="sample 7: .*expected \\(8,\\)"):
+        decode_sample(raw, Expected(16, 16, 8))
+
+
+def _png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda m: m.pop("shards"), "has no 'shards'"),
+        (lambda m: m.update(generator=[]), "the manifest.generator is '[]'"),
+        (lambda m: m["image"].update(width="16"), "image.width is '16'"),
+        (lambda m: m["view"].update(params=None), "view.params is 'None'"),
+        (lambda m: m["image"].update(width=100_000, height=100_000), "over the 67108864"),
+        (lambda m: m.update(n=True), "the manifest.n is 'True'"),
+        (lambda m: m.update(num_shards=10**12, n=10**12), "num_shards"),
+        (lambda m: m["shards"][1].update(samples=10**12), "does not fit n and shard_size"),
+        (lambda m: m["shards"][1].update(sha256="x"), "sha256 is 'x'"),
+        (lambda m: m["shards"].append(dict(m["shards"][0])), "not a shard of this dataset"),
+        (lambda m: m.update(complete=False), "'complete' does not match"),
+    ],
+)
+def test_malformed_manifests_are_one_line_everywhere(dataset, tmp_path, edit, problem):
+    from genrep.train.cli import main as train_main
+
+    edited = manifest(dataset)
+    edit(edited)
+    write_manifest(dataset, edited)
+    commands = [
+        (shards_main, ["verify", dataset]),
+        (shards_main, ["inspect", dataset]),
+        (shards_main, ["preview", dataset, "--out", tmp_path / "p.png"]),
+        (train_main, [dataset, "--arch", "resnet18", "--steps", "1", "--out", tmp_path / "run"]),
+    ]
+    for command, args in commands:
+        assert problem in only_line(cli(command, *args), 1)
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[" * 100_000 + "]" * 100_000, "RecursionError"),
+        ('{"format": "genrep-shards", "n": NaN}', "NaN is not a JSON number"),
+        ('{"format": "genrep-shards", "n": Infinity}', "Infinity is not a JSON number"),
+        ("\xff\xfe not utf-8", "not readable JSON"),
+    ],
+)
+def test_manifest_json_that_is_not_strict_json_is_refused(dataset, text, problem):
+    (dataset / "manifest.json").write_text(text, encoding="latin-1")
+    assert problem in only_line(cli(shards_main, "verify", dataset), 1)
+
+
+def test_manifest_size_and_kind_are_bounded(dataset, deadline):
+    deadline(300)
+    with open(dataset / "manifest.json", "r+b") as handle:  # sparse: no disk used
+        handle.truncate(MAX_MANIFEST_BYTES + 1)
+    assert "larger than the 64 MiB a manifest may be" in only_line(
+        cli(shards_main, "inspect", dataset), 1
+    )
+    (dataset / "manifest.json").unlink()
+    os.mkfifo(dataset / "manifest.json")
+    assert "manifest.json is a FIFO, not a regular file" in only_line(
+        cli(shards_main, "inspect", dataset), 1
+    )
+
+
+def test_preview_skips_bad_samples_and_checks_its_flags(dataset, tmp_path):
+    _shard_with(dataset, _anchor(b"\xff\xd8 not a jpeg"))
+    result = cli(shards_main, "preview", dataset, "--out", tmp_path / "p.png", "--rows", "3")
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped 2 bad samples or shards" in result.output
+    assert "Traceback" not in result.output
+    with Image.open(tmp_path / "p.png") as sheet:
+        assert sheet.size == (2 * 16 + 2, 3 * 16 + 2 * 2)
+    refusals = [
+        (["--out", tmp_path / "sheet.txt"], "name an image file"),
+        (["--out", tmp_path / "sheet"], "name an image file"),
+        (["--rows", "0"], "0 is not in the range x>=1"),
+        (["--rows", "-1"], "-1 is not in the range x>=1"),
+        (["--rows", "1000000"], "lower --rows or --columns"),
+        (["--out", tmp_path / "missing" / "p.png"], "No such file or directory"),
+    ]
+    for flags, message in refusals:
+        result = cli(shards_main, "preview", dataset, *flags)
+        assert result.exit_code in (1, 2) and message in result.output, result.output
+        assert "Traceback" not in result.output
