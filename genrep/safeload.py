@@ -92,10 +92,12 @@ def load_tensors(
     rebuilt by the restricted unpickler, never called as code).
     """
     path = Path(path)
-    if not path.is_file():
-        state = "is a folder" if path.is_dir() else "does not exist"
-        raise error(f"{path} {state}; {advice}")
-    open_regular(path, error).close()  # a FIFO or device is refused before torch waits on it
+    if not path.exists():
+        raise error(f"{path} does not exist; {advice}")
+    try:  # a folder, FIFO or device is refused before torch waits on it or reads it forever
+        open_regular(path, error).close()
+    except UserError as err:
+        raise error(f"{err}; {advice}") from None
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             warnings.simplefilter(

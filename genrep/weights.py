@@ -74,9 +74,9 @@ def resolve_weights(
                     "file itself (a .pt, .pth or .pkl)"
                 )
             path = path / spec.filename
-        if not path.is_file():
+        if not path.exists():
             raise WeightsError(f"--weights: no file {path} (for {model})")
-        return ResolvedWeights(path, sha256_file(path))
+        return ResolvedWeights(path, sha256_file(path))  # a FIFO or device is refused
     if spec is None:
         raise WeightsError(f"{model} has no published weights to download: pass --weights FILE")
     cached = weights_dir() / spec.filename
