@@ -100,10 +100,14 @@ def test_datasets_that_app_a_crops_differently_do_not_mix(tmp_path, make_dataset
         open_data([full, crops], None, None)
 
 
-def _old_stream_batches(info, spec_args: dict, transform, batch: int, steps: int) -> list[dict]:
-    spec = ViewSpec(transform=transform, **spec_args)
-    stream = TrainingStream(info, spec, 0, 1, batch, 0, shuffle_buffer=1000)
-    return list(itertools.islice(DataLoader(stream, batch_size=batch, num_workers=0), steps))
+def assert_same_batches(seen: list[dict], info, transform, neighbors: int) -> None:
+    """The trainer's batches are those of a stream of 2 views made by `transform`."""
+    spec = ViewSpec(2, transform, neighbors, False, False, None, strict=False, seed=0)
+    stream = TrainingStream(info, spec, 0, 1, len(seen[0]["key"]), 0, shuffle_buffer=1000)
+    loader = DataLoader(stream, batch_size=len(seen[0]["key"]), num_workers=0)
+    for got, expected in zip(seen, itertools.islice(loader, len(seen)), strict=True):
+        assert got["key"] == expected["key"]
+        assert torch.equal(got["images"], expected["images"])
 
 
 #: genrep-train's transforms before App. A cropping, as they were written (input 28 of 32 px)
@@ -144,20 +148,7 @@ def test_format_1_datasets_train_exactly_as_before(v1, tmp_path, tx, augment):
     flags = ["--tx", tx, "--augment" if augment else "--no-augment", "--batch-size", "4"]
     config, seen = views_seen(tmp_path / "run", v1, *flags, "--steps", "3")
     assert config["center_crop"] is None and config["input_size"] == (32 if tx == "simclr" else 28)
-    info = open_data([v1], None, None)
-    spec_args = dict(
-        views=2,
-        neighbors=1,
-        needs_latents=False,
-        needs_labels=False,
-        label_index=None,
-        strict=False,
-        seed=0,
-    )
-    old = _old_stream_batches(info, spec_args, OLD_TRANSFORMS[tx, augment], 4, 3)
-    for got, expected in zip(seen, old, strict=True):
-        assert got["key"] == expected["key"]
-        assert torch.equal(got["images"], expected["images"])
+    assert_same_batches(seen, open_data([v1], None, None), OLD_TRANSFORMS[tx, augment], 1)
 
 
 def test_real_images_train_exactly_as_before(tmp_path):
@@ -174,19 +165,7 @@ def test_real_images_train_exactly_as_before(tmp_path):
     old = T.Compose(
         [T.RandomResizedCrop(112, scale=(0.2, 1.0)), *OLD_TRANSFORMS["genrep", True].transforms[1:]]
     )
-    info = open_data([], tmp_path / "real", None)
-    spec_args = dict(
-        views=2,
-        neighbors=0,
-        needs_latents=False,
-        needs_labels=False,
-        label_index=None,
-        strict=False,
-        seed=0,
-    )
-    for got, expected in zip(seen, _old_stream_batches(info, spec_args, old, 4, 2), strict=True):
-        assert got["key"] == expected["key"]
-        assert torch.equal(got["images"], expected["images"])
+    assert_same_batches(seen, open_data([], tmp_path / "real", None), old, 0)
 
 
 def test_square_crop_of_a_square_frame_is_torchvisions_draw_for_draw():
