@@ -84,6 +84,14 @@ def generator_options(command: Callable) -> Callable:
     default=None,
     help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
 )
+@click.option(
+    "--step-scale",
+    multiple=True,
+    callback=parse_key_values,
+    metavar="EDIT=SCALE",
+    help="View steer: multiply the latent step of an edit's walks, repeatable [default: "
+    "rotate_3d=5, as the released generation; rotate_3d=1 steps as the walk was learned].",
+)
 @click.option("--n", type=int, default=None, help="Number of anchors.")
 @click.option("--neighbors", type=int, default=1, help="Neighbor views stored per anchor.")
 @click.option(

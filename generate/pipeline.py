@@ -160,7 +160,12 @@ def make_plan(
         if walks is None:
             walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
-        view_name, generator, truncation=truncation, sigma=options.get("sigma"), walks=walks
+        view_name,
+        generator,
+        truncation=truncation,
+        sigma=options.get("sigma"),
+        walks=walks,
+        step_scale=options.get("step_scale") or None,
     )
     neighbors = options.get("neighbors", 1) if view.has_neighbors else 0
     if view.has_neighbors and neighbors < 1:

@@ -425,10 +425,8 @@ def _loader(
     recipe = build_recipe(config.tx)
     spec = ViewSpec(
         views=config.views,
-        transform=(
-            recipe.augment(config.input_size)
-            if config.augment
-            else recipe.plain(config.input_size, info.image_size)
+        transform=recipe.view_transform(
+            config.augment, config.input_size, info.image_size, info.center_crop
         ),
         neighbors=info.neighbors,
         needs_latents=objective.needs_latents,
@@ -436,6 +434,9 @@ def _loader(
         label_index={c: i for i, c in enumerate(info.classes)} if info.classes else None,
         strict=config.strict,
         seed=config.seed,
+        real_transform=recipe.view_transform(
+            config.augment, config.input_size, info.train_side, real=True
+        ),
     )
     stream = TrainingStream(
         info, spec, env.rank, env.world, config.local_batch_size, start, config.shuffle_buffer
