@@ -32,7 +32,13 @@ from genrep.evaluate.report import (
     read_report,
     write_report,
 )
-from genrep.options import RegistryChoice, common_options, config_option, resolve_device
+from genrep.options import (
+    RegistryChoice,
+    common_options,
+    config_option,
+    resolve_device,
+    resolve_precision,
+)
 from genrep.paths import features_dir
 from genrep.runs import DEFAULT_ARCH, load_backbone
 
@@ -134,7 +140,7 @@ def _probe_help() -> str:
     default=0.875,
     help="Evaluation images are resized to size/crop-fraction, then center-cropped.",
 )
-@common_options(device=True, workers=True)
+@common_options(device=True, precision=True, workers=True)
 @click.option(
     "--extract-batch-size",
     type=click.IntRange(min=1),
@@ -256,6 +262,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     )
     protocol = PROTOCOLS.build(protocol_name, **_protocol_settings(ctx, protocol_name))
     device = resolve_device(options["device"])
+    precision = resolve_precision(options["precision"], device)
     dataset = DATASETS.build(dataset_name, root=options["root"])
     protocol.check_dataset(dataset)
     encoder = load_backbone(options["checkpoint"], options["arch"])
@@ -271,6 +278,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         preprocessing,
         device,
         FeatureCache(cache_dir),
+        precision=precision,
         batch_size=options["extract_batch_size"],
         workers=options["workers"],
         log=_log,
@@ -283,6 +291,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         "root": dataset.root,
         "protocol": protocol_name,
         "device": str(device),
+        "precision": precision,
         "cache_dir": cache_dir.resolve(),
         "out": out.resolve() if out else None,
     }

@@ -11,6 +11,7 @@ import click
 
 from genrep.errors import Command, OutputError
 from genrep.generate.edits import EDIT_NAMES, EDITS
+from genrep.generate.image_encoders import DEFAULT_ENCODER, IMAGE_ENCODERS
 from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.pipeline import DEFAULT_CROP, generate, make_plan
 from genrep.generate.steer import LR_SCHEDULES, OPTIMIZERS, SteerConfig, learn_walks
@@ -124,6 +125,14 @@ def generator_options(command: Callable) -> Callable:
 )
 @click.option("--format", "format_", type=click.Choice(IMAGE_FORMATS), default="jpg")
 @click.option("--quality", type=int, default=95, help="jpg/webp quality.")
+@click.option(
+    "--encoder",
+    type=RegistryChoice(IMAGE_ENCODERS),
+    default=DEFAULT_ENCODER,
+    help="pil: Pillow in --workers CPU processes (any format). torchvision: JPEG encoded where the "
+    "images are (nvJPEG on a CUDA GPU, no CPU pool). Part of the dataset's identity: its bytes "
+    "differ between encoders.",
+)
 @click.option("--shard-size", type=int, default=1000, help="Anchors per shard.")
 @click.option(
     "--shards",
@@ -260,7 +269,7 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
     help="Latents of the fixed batch the initial and final losses are measured on.",
 )
 @click.option("--seed", type=int, default=0)
-@common_options(device=True, progress=True)
+@common_options(device=True, precision=True, progress=True)
 @click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
 @click.option(
     "--resume/--no-resume",

@@ -54,6 +54,7 @@ def test_dataset_layout_manifest_and_card(make_dataset):
         "native_height": 128,
         "format": "jpg",
         "quality": 95,
+        "encoder": "pil",
     }
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
     for entry in manifest["shards"]:
