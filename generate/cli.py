@@ -36,14 +36,18 @@ def _log(message: str) -> None:
 def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None):
     if value is None:
         return None
-    start, sep, stop = str(value).partition(":")
+    parts = str(value).split(":")
     try:
-        bounds = (int(start or 0), int(stop) if stop else 2**62)
+        start = int(parts[0] or 0)
+        stop = int(parts[1]) if len(parts) > 1 and parts[1] else 2**62
+        step = int(parts[2]) if len(parts) > 2 and parts[2] else 1
     except ValueError:
-        bounds = None
-    if not sep or bounds is None or not 0 <= bounds[0] < bounds[1]:
-        raise click.BadParameter(f"{value!r} is not START:STOP (shard numbers, STOP exclusive)")
-    return bounds
+        parts = []
+    if not 2 <= len(parts) <= 3 or not 0 <= start < stop or step < 1:
+        raise click.BadParameter(
+            f"{value!r} is not START:STOP or START:STOP:STEP (shard numbers, STOP exclusive)"
+        )
+    return range(start, stop, step)
 
 
 def generator_options(command: Callable) -> Callable:
@@ -139,8 +143,9 @@ def generator_options(command: Callable) -> Callable:
     "shard_range",
     default=None,
     callback=_shard_range,
-    metavar="START:STOP",
-    help="Write only these shards (split work across machines).",
+    metavar="START:STOP[:STEP]",
+    help="Write only these shards (split work across machines; STEP > 1 writes every STEP-th, "
+    "e.g. to sample a large dataset's cost).",
 )
 @click.option("--batch-size", type=int, default=64, help="Images per generator forward pass.")
 @common_options(device=True, precision=True, workers=True, progress=True)
@@ -150,7 +155,7 @@ def generator_options(command: Callable) -> Callable:
 def main(
     list_names: bool,
     progress: bool,
-    shard_range: tuple[int, int] | None,
+    shard_range: range | None,
     format_: str,
     **options: Any,
 ) -> None:

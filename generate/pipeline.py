@@ -460,19 +460,20 @@ def base_manifest(plan: Plan) -> dict[str, Any]:
     )
 
 
-def my_shards(plan: Plan, shard_range: tuple[int, int] | None = None) -> list[int]:
-    """The shard numbers this process writes: the `--shards` range, split across torchrun ranks."""
-    start, stop = shard_range or (0, plan.num_shards)
-    stop = min(stop, plan.num_shards)
+def my_shards(plan: Plan, shard_range: range | None = None) -> list[int]:
+    """The shard numbers this process writes: the `--shards` range (past the last shard: cut),
+    dealt out in turn to the torchrun ranks."""
+    selected = shard_range or range(plan.num_shards)
+    selected = range(selected.start, min(selected.stop, plan.num_shards), selected.step)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return [k for k in range(start, stop) if k % world == rank]
+    return list(selected[rank::world])
 
 
 def generate(
     plan: Plan,
     batch_size: int = 64,
     workers: int = 2,
-    shard_range: tuple[int, int] | None = None,
+    shard_range: range | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
