@@ -32,7 +32,13 @@ from genrep.evaluate.report import (
     read_report,
     write_report,
 )
-from genrep.options import RegistryChoice, common_options, config_option, resolve_device
+from genrep.options import (
+    RegistryChoice,
+    common_options,
+    config_option,
+    resolve_device,
+    resolve_precision,
+)
 from genrep.paths import features_dir
 from genrep.runs import DEFAULT_ARCH, load_backbone
 
@@ -143,7 +149,7 @@ def _probe_help() -> str:
     help="linear: area range MIN,MAX of the random-resized crop.  [default: that of the "
     "encoder's Tx recipe (genrep: 0.2,1; simclr: 0.08,1), 0.2,1 for a bare state dict]",
 )
-@common_options(device=True, workers=True)
+@common_options(device=True, precision=True, workers=True)
 @click.option(
     "--extract-batch-size",
     type=click.IntRange(min=1),
@@ -271,6 +277,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     )
     protocol = PROTOCOLS.build(protocol_name, **_protocol_settings(ctx, protocol_name))
     device = resolve_device(options["device"])
+    precision = resolve_precision(options["precision"], device)
     dataset = DATASETS.build(dataset_name, root=options["root"])
     protocol.check_dataset(dataset)
     encoder = load_backbone(options["checkpoint"], options["arch"])
@@ -294,6 +301,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         preprocessing,
         device,
         FeatureCache(cache_dir),
+        precision=precision,
         batch_size=options["extract_batch_size"],
         workers=options["workers"],
         log=_log,
@@ -306,6 +314,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         "root": dataset.root,
         "protocol": protocol_name,
         "device": str(device),
+        "precision": precision,
         "cache_dir": cache_dir.resolve(),
         "out": out.resolve() if out else None,
     }

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from genrep.encoders import IMAGENET_MEAN, IMAGENET_STD
 from genrep.evaluate.datasets import ProbeDataset
 from genrep.io import atomic_open, atomic_write_bytes
-from genrep.options import default_workers
+from genrep.options import autocast_dtype, default_workers
 from genrep.runs import Backbone
 
 
@@ -35,8 +35,10 @@ def encode_batches(
     device: torch.device,
     total: int | None = None,
     desc: str = "features",
+    dtype: torch.dtype | None = None,
 ) -> Iterable[tuple[torch.Tensor, Any]]:
-    """Yield (features on `device`, labels) for each (images, labels) batch, encoder frozen."""
+    """Yield (float32 features on `device`, labels) for each (images, labels) batch, encoder
+    frozen, under autocast to `dtype` when given (`--precision`)."""
     # channels_last is the fast convolution layout for cuDNN and for oneDNN on CPU alike.
     model.to(device, memory_format=torch.channels_last).eval()
     with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as progress:
@@ -44,7 +46,13 @@ def encode_batches(
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
             )
-            with torch.no_grad():  # not inference_mode: the linear probe trains on these features
+            # not inference_mode: the linear probe trains on these features
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                ),
+            ):
                 features = model(images).float()
             progress.update(len(images))
             yield features, labels
@@ -56,9 +64,11 @@ def extract_features(
     device: torch.device,
     total: int | None = None,
     desc: str = "features",
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Features of every image in `batches`, in order, as a float32 [N, D] array."""
-    chunks = [f.cpu().numpy() for f, _ in encode_batches(model, batches, device, total, desc)]
+    encoded = encode_batches(model, batches, device, total, desc, dtype)
+    chunks = [f.cpu().numpy() for f, _ in encoded]
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -220,6 +230,8 @@ class FrozenFeatures:
     preprocessing: Preprocessing
     device: torch.device
     cache: FeatureCache | None = None
+    #: resolved --precision of the encoder's forward passes
+    precision: str = "fp32"
     batch_size: int = 256
     workers: int = field(default_factory=default_workers)
     log: Callable[[str], None] = field(default=lambda message: None)
@@ -248,7 +260,12 @@ class FrozenFeatures:
             "dataset": self.dataset.identity(),
             "split": split,
             "transform": self.preprocessing.eval_key(),
+            "precision": self.precision,
         }
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.precision)
 
     def eval_features(self, split: str) -> np.ndarray:
         """Center-crop features of `split` [N, D], from the cache when they were computed before."""
@@ -263,6 +280,7 @@ class FrozenFeatures:
             self.device,
             total=rows,
             desc=f"{split} features",
+            dtype=self.autocast_dtype,
         )
         if self.cache:
             self.log(
