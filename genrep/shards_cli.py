@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
@@ -121,8 +121,39 @@ def verify(folder: str) -> None:
 @click.option(
     "--columns", type=click.IntRange(min=0), default=None, help="Neighbors per row [default: all]."
 )
-def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
-    """A contact sheet: each row an anchor followed by its neighbor views (bad samples skipped)."""
+@click.option(
+    "--training-view",
+    type=click.Choice(["plain", "tx"]),
+    default=None,
+    help="Show beside each stored image the view genrep-train makes of it, its crop outlined on "
+    "the image: plain (no Tx: App. A's central 128 px of a whole frame) or tx (the --tx "
+    "recipe's random square crop and pixel Tx).",
+)
+@click.option(
+    "--tx",
+    default="genrep",
+    show_default=True,
+    help="Tx recipe of the training views (genrep-train --tx).",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Side of the training views [default: genrep-train's for this dataset and --tx].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Tx draws.")
+def preview(
+    folder: str,
+    out: str,
+    rows: int,
+    columns: int | None,
+    training_view: str | None,
+    tx: str,
+    input_size: int | None,
+    seed: int,
+) -> None:
+    """A contact sheet: each row an anchor followed by its neighbor views (with --training-view,
+    each beside what training sees of it)."""
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format not in Image.SAVE:
         raise UsageError(f"--out {out}: name an image file (.png, .jpg or .webp) for the sheet")
@@ -131,13 +162,16 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
     width = 1 + min(m["neighbors"], m["neighbors"] if columns is None else columns)
-    shape = (rows * (cell_h + gap) - gap, width * (cell_w + gap) - gap)
+    sheet_w = width * (cell_w + gap) - gap + (width * (cell_h + gap) if training_view else 0)
+    shape = (rows * (cell_h + gap) - gap, sheet_w)
     if shape[0] * shape[1] > MAX_IMAGE_PIXELS:
         raise UsageError(
             f"a sheet of {rows} rows of {width} images would be {shape[1]}x{shape[0]} px; "
             "lower --rows or --columns"
         )
-    grid: list[list[np.ndarray]] = []
+    view = training_view_maker(path, training_view, tx, input_size) if training_view else None
+    # Each stored image becomes its cells as it is read: memory is the sheet's, not the images'.
+    cells: list[list[Image.Image]] = []
     skipped, problem = 0, ""
     expected = Expected.of(m)
     for entry in m["shards"]:
@@ -150,27 +184,94 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
                         skipped, problem = skipped + 1, str(err)
                         continue
                     views = [sample.anchor, *sample.neighbors[: width - 1]]
-                    grid.append([np.asarray(v.resize((cell_w, cell_h))) for v in views])
-                    if len(grid) == rows:
+                    first_seed = seed + len(cells) * len(views)
+                    cells.append(
+                        [
+                            cell
+                            for c, image in enumerate(views)
+                            for cell in _cells(image, (cell_w, cell_h), scale, view, first_seed + c)
+                        ]
+                    )
+                    if len(cells) == rows:
                         break
         except ShardFormatError as err:
             skipped, problem = skipped + 1, f"{entry['name']}: {err}"
-        if len(grid) == rows:
+        if len(cells) == rows:
             break
     if skipped:
         warn(
             f"skipped {skipped} bad samples or shards (the last: {problem}); see genrep-shards verify"
         )
-    if not grid:
+    if not cells:
         raise DataError(f"{path} holds no readable samples")
-    width = max(len(row) for row in grid)
-    sheet = np.full(
-        (len(grid) * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8
-    )
-    for r, row in enumerate(grid):
-        for c, pixels in enumerate(row):
-            y, x = r * (cell_h + gap), c * (cell_w + gap)
-            sheet[y : y + cell_h, x : x + cell_w] = pixels
+    widths = [sum(cell.width for cell in row) + gap * (len(row) - 1) for row in cells]
+    sheet = np.full((len(cells) * (cell_h + gap) - gap, max(widths), 3), 255, np.uint8)
+    for r, row in enumerate(cells):
+        x, y = 0, r * (cell_h + gap)
+        for cell in row:
+            sheet[y : y + cell_h, x : x + cell.width] = np.asarray(cell)
+            x += cell.width + gap
     with atomic_open(out) as handle:
         Image.fromarray(sheet).save(handle, format=image_format)
-    click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")
+    shown = max(len(row) for row in cells) // (2 if view is not None else 1)
+    summary = f"{len(cells)} anchors x {shown - 1} neighbors"
+    if view is not None:
+        summary += f", each beside its {training_view} training view ({view.describe})"
+    click.echo(f"wrote {out}: {summary}")
+
+
+def _cells(
+    image: Image.Image,
+    size: tuple[int, int],
+    scale: float,
+    view: _TrainingViews | None,
+    seed: int,
+) -> list[Image.Image]:
+    """A stored image as shown in the sheet, and beside it (with a view) its training view, the
+    crop outlined on the image."""
+    shown = image.resize(size)
+    if view is None:
+        return [shown]
+    box, seen = view(image, seed)
+    if box is not None:
+        top, left, height, width = (round(v * scale) for v in box)
+        outline = (left, top, left + width - 1, top + height - 1)
+        ImageDraw.Draw(shown).rectangle(outline, outline=(255, 0, 0), width=2)
+    return [shown, seen.resize((size[1], size[1]), Image.NEAREST)]
+
+
+class _TrainingViews:
+    """(crop box or None, view image) of a stored image, made by genrep-train's own transform."""
+
+    def __init__(self, transform: Any, crop: Any, describe: str) -> None:
+        self.transform, self.crop, self.describe = transform, crop, describe
+
+    def __call__(self, image: Image.Image, seed: int) -> tuple[Any, Image.Image]:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            box = None
+            if hasattr(self.crop, "crop_with_box"):  # whole frames and Tx crops; not format 1's
+                torch.manual_seed(seed)
+                box = self.crop.crop_with_box(image)[0]
+            torch.manual_seed(seed)  # the transform draws that same crop again
+            pixels = self.transform(image)
+        return box, Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def training_view_maker(
+    folder: Path, training_view: str, tx: str, input_size: int | None
+) -> _TrainingViews:
+    """The views genrep-train makes of this dataset (stage 2's code, imported only here)."""
+    from genrep.train.data import open_data
+    from genrep.train.tx import build_recipe
+
+    info = open_data([folder], None, None)
+    recipe = build_recipe(tx)
+    size = input_size or recipe.default_input_size(info.train_side)
+    augment = training_view == "tx"
+    transform = recipe.view_transform(augment, size, info.image_size, info.center_crop)
+    what = f"{size} px, Tx recipe {recipe.name}" if augment else f"{size} px"
+    if not augment and info.center_crop:
+        what += f", from the central {info.center_crop} px"
+    return _TrainingViews(transform, transform.transforms[0], what)

@@ -95,6 +95,7 @@ class TrainConfig:
     input_size: int | None = setting(None, at_least=1, at_most=MAX_INPUT_SIZE)
     views: int | None = setting(None, at_least=1, at_most=MAX_VIEWS)
     temperature: float | None = setting(None, objective_option=True, above=0)
+    base_temperature: float | None = setting(None, objective_option=True, above=0)
     projection_dim: int | None = setting(
         None, objective_option=True, at_least=1, at_most=MAX_PROJECTION_DIM
     )
@@ -125,6 +126,9 @@ class TrainConfig:
     local_batch_size: int | None = setting(None, resumable=True)
     dataset: DataSummary | None = None
     manifest_hash: str | None = None
+    #: views without Tx take the central `center_crop` px of each stored frame (App. A); None:
+    #: the stored images are crops already
+    center_crop: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
@@ -189,7 +193,7 @@ class TrainConfig:
             tx=recipe.name,
             views=views,
             augment=augment,
-            input_size=self.input_size or recipe.default_input_size(info.image_size),
+            input_size=self.input_size or recipe.default_input_size(info.train_side),
             steps=self.steps or epochs * per_epoch,
             epochs=None if self.steps else epochs,
             device=str(device),
@@ -201,6 +205,7 @@ class TrainConfig:
             local_batch_size=batch // world,
             dataset=DataSummary.of(info),
             manifest_hash=info.manifest_hash,
+            center_crop=info.center_crop,
             **self._effective_objective_options(objective.name),
         )
 

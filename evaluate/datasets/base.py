@@ -25,8 +25,6 @@ from genrep.images import read_image_file
 from genrep.registry import Registry
 
 DATASETS: Registry[type[ProbeDataset]] = Registry("dataset", packages=["genrep.evaluate.datasets"])
-#: `DATASETS.register` by the name that dataset modules written before the package import
-register_dataset = DATASETS.register
 
 
 class ProbeDataset(ABC):
