@@ -43,3 +43,18 @@ def deadline() -> Iterator[Callable[[int], None]]:
     yield arm
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A genrep-train run folder of one step on the tiny dataset (its checkpoint and config)."""
+    from click.testing import CliRunner
+
+    from genrep.train.cli import main as train_main
+
+    out = tmp_path_factory.mktemp("hostile-run") / "run"
+    args = [str(tiny_dataset), "--arch", "resnet18", "--batch-size", "2", "--workers", "0"]
+    args += ["--no-progress", "--steps", "1", "--out", str(out)]
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    return out
