@@ -180,7 +180,7 @@ def main(
         click.echo("views: " + ", ".join(VIEWS.names()))
         return
     options["format"] = format_
-    plan = make_plan(options, log=_log, progress=progress)
+    plan = make_plan(options, log=_log, progress=progress, shard_range=shard_range)
     generate(
         plan,
         batch_size=options["batch_size"],

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from genrep.config import to_plain
 from genrep.errors import UsageError
+from genrep.generate.edits import EDITS
 from genrep.generate.image_encoders import ImageEncoder, build_encoder
 from genrep.generate.models.base import Generator, build_generator, file_label
 from genrep.generate.steer import cached_walks, check_steerable
@@ -34,7 +35,7 @@ from genrep.generate.views.base import VIEWS, View, build_view
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import StagedFile, naming
 from genrep.latents import sample_rng, truncated_normal
-from genrep.manifest import DatasetWriter, new_manifest
+from genrep.manifest import DatasetWriter, check_writable, new_manifest
 from genrep.options import (
     SlowJobWarning,
     autocast_dtype,
@@ -125,10 +126,13 @@ def make_plan(
     options: dict[str, Any],
     log: Callable[[str], None] = lambda message: None,
     progress: bool = True,
+    shard_range: range | None = None,
 ) -> Plan:
-    """Resolve a config (the CLI's flags) into a `Plan`; raises UsageError on bad input.
+    """Resolve a config (the CLI's flags) into a `Plan`; raises UsageError on bad input, and an
+    OutputError on an --out that is not genrep's to write (`shard_range`: --shards, checked too).
 
-    View `steer` without `--walks` learns the generator's walks once and caches them (logged)."""
+    View `steer` without `--walks` learns the generator's walks once and caches them (logged),
+    after every other check."""
     device = resolve_device(options.get("device"))
     precision = resolve_precision(options.get("precision") or "auto", device)
     check_number("--sigma", options.get("sigma"), above=0)
@@ -164,22 +168,13 @@ def make_plan(
     if truncation is None:
         truncation = generator.default_truncation
     view_name = VIEWS.canonical(options.get("view") or "gaussian")
-    walks = options.get("walks")
-    if view_name == "steer":
-        check_steerable(generator)
-        if walks is None:
-            walks = str(cached_walks(generator, log=log, progress=progress))
-    view = build_view(
-        view_name,
-        generator,
-        truncation=truncation,
-        sigma=options.get("sigma"),
-        walks=walks,
-        step_scale=options.get("step_scale") or None,
-    )
-    neighbors = options.get("neighbors", 1) if view.has_neighbors else 0
-    if view.has_neighbors and neighbors < 1:
-        raise UsageError(f"--neighbors must be >= 1 for view {view.name!r}, got {neighbors}")
+    step_scale = options.get("step_scale") or None
+    for name, value in (step_scale or {}).items():
+        check_number(f"--step-scale {EDITS.canonical(name)}", value, above=0)
+    has_neighbors = VIEWS.get(view_name).has_neighbors
+    neighbors = options.get("neighbors", 1) if has_neighbors else 0
+    if has_neighbors and neighbors < 1:
+        raise UsageError(f"--neighbors must be >= 1 for view {view_name!r}, got {neighbors}")
 
     fmt = options.get("format", "jpg")
     if fmt not in IMAGE_FORMATS:
@@ -198,13 +193,31 @@ def make_plan(
             f"{shard_size * (1 + neighbors)} images per shard, over the {MAX_SHARD_IMAGES} a "
             "shard may hold (it is held in memory while written): lower --shard-size"
         )
-    if math.ceil(n / shard_size) > MAX_SHARDS:
+    num_shards = math.ceil(n / shard_size)
+    if num_shards > MAX_SHARDS:
         raise UsageError(
-            f"--n {n} in shards of {shard_size} makes {math.ceil(n / shard_size)} shards, over "
+            f"--n {n} in shards of {shard_size} makes {num_shards} shards, over "
             f"the {MAX_SHARDS} a dataset may have (shards/README.md): raise --shard-size or "
             "lower --n"
         )
-    out = Path(options.get("out") or Path("shards") / f"{file_label(generator.name)}-{view.name}")
+    selected_shards(num_shards, shard_range)
+    out = Path(options.get("out") or Path("shards") / f"{file_label(generator.name)}-{view_name}")
+    check_writable(out)  # again under the lock; now, before walks may be learned for hours
+
+    # Last, as view steer may first learn the generator's walks (hours on a CPU).
+    walks = options.get("walks")
+    if view_name == "steer":
+        check_steerable(generator)
+        if walks is None:
+            walks = str(cached_walks(generator, log=log, progress=progress))
+    view = build_view(
+        view_name,
+        generator,
+        truncation=truncation,
+        sigma=options.get("sigma"),
+        walks=walks,
+        step_scale=step_scale,
+    )
     return Plan(
         generator=generator,
         view=view,
@@ -484,17 +497,22 @@ def base_manifest(plan: Plan) -> dict[str, Any]:
     )
 
 
-def my_shards(plan: Plan, shard_range: range | None = None) -> list[int]:
-    """The shard numbers this process writes: the `--shards` range (its stop past the last shard:
-    cut; its start past it: refused, as it would do nothing), dealt out in turn to the torchrun
-    ranks."""
-    selected = shard_range or range(plan.num_shards)
-    if selected.start >= plan.num_shards:
+def selected_shards(num_shards: int, shard_range: range | None) -> range:
+    """The shards `--shards` selects of `num_shards` (its stop past the last shard: cut; its start
+    past it: refused, as it would do nothing)."""
+    selected = shard_range or range(num_shards)
+    if selected.start >= num_shards:
         raise UsageError(
             f"--shards starts at shard {selected.start}, past the last one: the dataset has "
-            f"{plan.num_shards} shards (0 to {plan.num_shards - 1})"
+            f"{num_shards} shards (0 to {num_shards - 1})"
         )
-    selected = range(selected.start, min(selected.stop, plan.num_shards), selected.step)
+    return range(selected.start, min(selected.stop, num_shards), selected.step)
+
+
+def my_shards(plan: Plan, shard_range: range | None = None) -> list[int]:
+    """The shard numbers this process writes: the `--shards` selection, dealt out in turn to the
+    torchrun ranks."""
+    selected = selected_shards(plan.num_shards, shard_range)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     return list(selected[rank::world])
 

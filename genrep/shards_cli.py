@@ -15,7 +15,7 @@ from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
 from genrep.manifest import find_dataset, read_manifest
-from genrep.options import config_option
+from genrep.options import check_number, config_option
 from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
@@ -263,9 +263,11 @@ def training_view_maker(
     folder: Path, training_view: str, tx: str, input_size: int | None
 ) -> _TrainingViews:
     """The views genrep-train makes of this dataset (stage 2's code, imported only here)."""
+    from genrep.train.config import MAX_INPUT_SIZE
     from genrep.train.data import open_data
     from genrep.train.tx import build_recipe
 
+    check_number("--input-size", input_size, at_least=1, at_most=MAX_INPUT_SIZE)
     info = open_data([folder], None, None)
     recipe = build_recipe(tx)
     size = input_size or recipe.default_input_size(info.train_side)

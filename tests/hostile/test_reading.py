@@ -267,6 +267,7 @@ def test_preview_skips_bad_samples_and_checks_its_flags(dataset, tmp_path):
         (["--rows", "0"], "0 is not in the range x>=1"),
         (["--rows", "-1"], "-1 is not in the range x>=1"),
         (["--rows", "1000000"], "lower --rows or --columns"),
+        (["--training-view", "tx", "--input-size", "100000"], "--input-size must be >= 1 and <="),
         (["--out", tmp_path / "missing" / "p.png"], "No such file or directory"),
     ]
     for flags, message in refusals:

@@ -103,6 +103,35 @@ def test_generate_checks_every_number_before_writing(tmp_path, flags, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--step-scale", "rotate_3d=-1"], "--step-scale rotate_3d must be > 0, got -1"),
+        (["--step-scale", "rotate_3d=nan"], "--step-scale rotate_3d must be a number"),
+        (["--step-scale", "spin=2"], "spin"),
+        (["--size", "1000"], "would enlarge the generator's 16x16 frame"),
+        (["--shards", "50:60"], "--shards starts at shard 50, past the last one"),
+        (["--format", "bmp"], "bmp"),
+    ],
+)
+def test_view_steer_checks_everything_before_learning_walks(tmp_path, monkeypatch, flags, message):
+    """Learning the walks takes hours on a CPU: a typo must not wait for it."""
+
+    def learn(*_args, **_kwargs):
+        raise AssertionError("walks learned before the flags were checked")
+
+    monkeypatch.setattr("genrep.generate.pipeline.cached_walks", learn)
+    out = tmp_path / "ds"
+    result = cli(generate_main, "--no-progress", *TINY, "--view", "steer", *flags, "--out", out)
+    assert message in refused(result, 2)
+    assert not out.exists()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    result = cli(generate_main, "--no-progress", *TINY, "--view", "steer", "--out", notes)
+    assert "it is not a genrep dataset" in only_line(result, 2)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [generate_main, steer_main])
 def test_cuda_without_a_gpu_is_one_line(tmp_path, command):
