@@ -25,6 +25,7 @@ from genrep.shards import (
     decode_sample,
 )
 from genrep.shards_cli import main as shards_main
+from genrep.train.cli import main as train_main
 
 from .helpers import (
     cli,
@@ -105,6 +106,9 @@ def test_manifest_names_only_shards_of_the_dataset(dataset, name):
         read_manifest(dataset)
     for args in (["verify", dataset], ["inspect", dataset]):
         assert "manifest.json is damaged" in only_line(cli(shards_main, *args), 1)
+    train = cli(train_main, dataset, "--steps", "1", "--out", dataset.parent / "run")
+    assert "manifest.json is damaged" in only_line(train, 1)
+    assert not (dataset.parent / "run").exists()
 
 
 def _shard_with(dataset, edit) -> None:
@@ -209,8 +213,6 @@ def _png(side: int) -> bytes:
     ],
 )
 def test_malformed_manifests_are_one_line_everywhere(dataset, tmp_path, edit, problem):
-    from genrep.train.cli import main as train_main
-
     edited = manifest(dataset)
     edit(edited)
     write_manifest(dataset, edited)

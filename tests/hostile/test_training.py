@@ -87,6 +87,7 @@ def _truncate(folder: Path, name: str) -> None:
 
 SHARD_DAMAGE = {
     "truncated": _truncate,
+    "empty-file": lambda folder, name: replace_shard(folder, name, b""),
     "garbage": lambda folder, name: replace_shard(folder, name, os.urandom(4096)),
 }
 
