@@ -90,7 +90,7 @@ def test_saved_config_reruns_the_same_training(walks_file, tmp_path):
         (["--zoom-range", "0.5"], "--zoom-range: the zoom range is the largest factor"),
         (["--rotate-3d-range", "90"], "--rotate-3d-range"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
-        (["--lr", "-1"], "--lr must be > 0"),
+        (["--lr", "-1"], "--lr must be a finite number > 0"),
         (["--device", "gpu0"], "--device"),
         (["--model", "nope"], "unknown model 'nope'"),
     ],
