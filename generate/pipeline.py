@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from genrep.config import to_plain
-from genrep.errors import UsageError
+from genrep.errors import OutputError, UsageError
 from genrep.generate.edits import EDITS
 from genrep.generate.image_encoders import ImageEncoder, build_encoder
 from genrep.generate.models.base import Generator, build_generator, file_label
@@ -35,7 +35,7 @@ from genrep.generate.views.base import VIEWS, View, build_view
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import StagedFile, naming
 from genrep.latents import sample_rng, truncated_normal
-from genrep.manifest import DatasetWriter, check_writable, new_manifest
+from genrep.manifest import DatasetWriter, check_writable, new_manifest, read_manifest
 from genrep.options import (
     SlowJobWarning,
     autocast_dtype,
@@ -209,6 +209,7 @@ def make_plan(
     if view_name == "steer":
         check_steerable(generator)
         if walks is None:
+            _check_view_of(out, view_name)
             walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
         view_name,
@@ -236,6 +237,17 @@ def make_plan(
         out=out,
         config=dict(options),
     )
+
+
+def _check_view_of(out: Path, view_name: str) -> None:
+    """Refuse an --out holding a dataset of another view before the walks are learned (the full
+    identity check needs them, and comes again under the lock)."""
+    existing = read_manifest(out) if out.is_dir() else None
+    if existing is not None and existing["view"]["name"] != view_name:
+        raise OutputError(
+            f"{out} holds a dataset made with a different config (differs in: view "
+            f"{existing['view']['name']}, not {view_name}); pass another --out"
+        )
 
 
 class SampleLatents(NamedTuple):

@@ -132,6 +132,17 @@ def test_view_steer_checks_everything_before_learning_walks(tmp_path, monkeypatc
     assert "it is not a genrep dataset" in only_line(result, 2)
 
 
+def test_a_dataset_of_another_view_is_refused_before_learning_walks(dataset, monkeypatch):
+    def learn(*_args, **_kwargs):
+        raise AssertionError("walks learned before the --out dataset was checked")
+
+    monkeypatch.setattr("genrep.generate.pipeline.cached_walks", learn)
+    before = snapshot(dataset)
+    result = cli(generate_main, "--no-progress", *TINY, "--view", "steer", "--out", dataset)
+    assert "differs in: view gaussian, not steer" in only_line(result, 2)
+    assert snapshot(dataset) == before
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", [generate_main, steer_main])
 def test_cuda_without_a_gpu_is_one_line(tmp_path, command):
