@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genrep.options import default_workers
 from genrep.shards import decode_image, decode_sample, iter_raw_samples
-from genrep.train.data import TrainingStream, ViewSpec, open_data
+from genrep.train.data import DatasetInfo, TrainingStream, ViewSpec, open_data
 from genrep.train.tx import Transform, build_recipe
 
 
@@ -65,6 +65,20 @@ def export_png_folder(shard_paths: list[Path], root: Path) -> list[tuple[Path, P
             sample.neighbors[0].save(neighbor)
             pairs.append((anchor, neighbor))
     return pairs
+
+
+def pair_spec(info: DatasetInfo, transform: Transform) -> ViewSpec:
+    """Anchor and one neighbor view of each sample, `transform` on both, no targets."""
+    return ViewSpec(
+        views=2,
+        transform=transform,
+        neighbors=info.neighbors,
+        needs_latents=False,
+        needs_labels=False,
+        label_index=None,
+        strict=False,
+        seed=0,
+    )
 
 
 def images_per_second(batches: Iterator[torch.Tensor], skip: int, count: int) -> float:
@@ -144,16 +158,7 @@ def main(
             err=True,
         )
 
-        spec = ViewSpec(
-            views=2,
-            transform=transform,
-            neighbors=info.neighbors,
-            needs_latents=False,
-            needs_labels=False,
-            label_index=None,
-            strict=False,
-            seed=0,
-        )
+        spec = pair_spec(info, transform)
         stream = TrainingStream(
             info, spec, rank=0, world=1, batch_size=batch_size, start_step=0, shuffle_buffer=1000
         )

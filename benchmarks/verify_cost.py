@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import click
+from input_pipeline import pair_spec  # benchmarks/, the script's folder
 from torch.utils.data import DataLoader
 
 from genrep.options import default_workers
-from genrep.train.data import TrainingStream, ViewSpec, open_data
+from genrep.train.data import TrainingStream, open_data
 from genrep.train.tx import build_recipe
 
 
@@ -31,16 +32,7 @@ def epoch_images_per_second(data: str, verify: bool, batch_size: int, workers: i
     from a fresh stream: the shards are read (and with `verify` hashed) for the first time."""
     info = open_data([data], None, None, verify=verify)
     recipe = build_recipe("genrep")
-    spec = ViewSpec(
-        views=2,
-        transform=recipe.augment(recipe.default_input_size(info.train_side)),
-        neighbors=info.neighbors,
-        needs_latents=False,
-        needs_labels=False,
-        label_index=None,
-        strict=False,
-        seed=0,
-    )
+    spec = pair_spec(info, recipe.augment(recipe.default_input_size(info.train_side)))
     stream = TrainingStream(
         info, spec, rank=0, world=1, batch_size=batch_size, start_step=0, shuffle_buffer=1
     )
