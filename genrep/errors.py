@@ -69,6 +69,10 @@ class CheckpointError(UserError):
     """A file that is not a usable checkpoint, backbone or walk file."""
 
 
+class NetworkError(UserError):
+    """A remote dataset or dataset hub that could not be reached, or refused the request."""
+
+
 class OutputError(UsageError):
     """An output path that genrep will not write to (it would overwrite what it does not own)."""
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genrep.card import write_card
+from genrep.card import DatasetLicense, write_card
 from genrep.config import save_config, to_plain
 from genrep.errors import ManifestError, OutputError
 from genrep.io import atomic_write_bytes, locked, sha256_file
@@ -127,9 +127,12 @@ def check_identity(folder: str | Path, manifest: dict[str, Any], identity: dict[
     if held != identity:
         held = held if isinstance(held, dict) else {}
         differing = sorted(key for key in {*held, *identity} if held.get(key) != identity.get(key))
+        hint = ""
+        if differing == ["n"]:
+            hint = f" (genrep-shards subset {folder} --n N --out OUT takes its first N anchors)"
         raise OutputError(
             f"{folder} holds a dataset made with a different config (differs in: "
-            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config"
+            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config{hint}"
         )
 
 
@@ -146,6 +149,8 @@ def new_manifest(
     shard_size: int,
     identity: dict[str, Any],
     config: dict[str, Any],
+    license: dict[str, Any] | None = None,
+    parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a dataset with no shards yet (the schema of shards/README.md)."""
     return to_plain(
@@ -166,6 +171,8 @@ def new_manifest(
             "config": config,
             "shards": [],
             "complete": False,
+            "license": license or DatasetLicense().to_dict(),
+            **({"parent": parent} if parent is not None else {}),
         }
     )
 
@@ -175,7 +182,24 @@ def shard_samples(manifest: dict[str, Any], k: int) -> int:
     return min(manifest["shard_size"], manifest["n"] - k * manifest["shard_size"])
 
 
-def update_manifest(folder: str | Path, base: dict[str, Any]) -> dict[str, Any]:
+def shard_entry(manifest: dict[str, Any], k: int, path: Path) -> dict[str, Any]:
+    """The manifest entry of complete shard `k` of a generated dataset (indices k*S, k*S+1, ...)."""
+    return {
+        "name": path.name,
+        "samples": shard_samples(manifest, k),
+        "first_index": k * manifest["shard_size"],
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+#: (manifest, shard number, path of the complete shard) -> its manifest entry
+EntryFunction = Callable[[dict[str, Any], int, Path], dict[str, Any]]
+
+
+def update_manifest(
+    folder: str | Path, base: dict[str, Any], entry: EntryFunction = shard_entry
+) -> dict[str, Any]:
     """Record every complete shard in `folder` in its manifest, which starts as `base` if the
     folder has none; on completion write the config and the dataset card too. Runs under the
     folder lock, so processes sharing the work keep one consistent manifest."""
@@ -186,22 +210,18 @@ def update_manifest(folder: str | Path, base: dict[str, Any]) -> dict[str, Any]:
             manifest = base
         else:
             check_identity(folder, manifest, base["identity"])
-        known = {entry["name"]: entry for entry in manifest["shards"]}
+            # the card states the license of the latest command (rerun to correct it)
+            manifest["license"] = base["license"]
+        known = {item["name"]: item for item in manifest["shards"]}
         entries = []
         for k in range(manifest["num_shards"]):
             path = folder / shard_name(k)
             if not path.exists():
                 continue
-            entry = known.get(path.name)
-            if entry is None or entry["bytes"] != path.stat().st_size:
-                entry = {
-                    "name": path.name,
-                    "samples": shard_samples(manifest, k),
-                    "first_index": k * manifest["shard_size"],
-                    "bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
-                }
-            entries.append(entry)
+            item = known.get(path.name)
+            if item is None or item["bytes"] != path.stat().st_size:
+                item = entry(manifest, k, path)
+            entries.append(item)
         manifest["shards"] = entries
         manifest["complete"] = len(entries) == manifest["num_shards"]
         write_manifest(folder, manifest)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError
 from genrep.registry import BUILTIN_SOURCE, PluginError, Registry
 
@@ -53,6 +54,10 @@ class Generator(nn.Module):
     source: dict[str, Any] = BUILTIN_SOURCE
     #: why view `steer` cannot be used with this generator; empty when it can
     not_steerable: ClassVar[str] = ""
+    #: the license of the weights, which the images follow (the dataset card's default; the
+    #: user's `genrep-generate --license` overrides it): `other` with a link where genrep knows
+    #: where the weights' license is stated
+    weights_license: DatasetLicense = DatasetLicense()
 
     @property
     def conditional(self) -> bool:

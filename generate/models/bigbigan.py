@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.card import DatasetLicense
 from genrep.errors import WeightsError
 from genrep.generate.models._layers import SelfAttention, load_strict
 from genrep.generate.models.base import GENERATORS, Generator
@@ -214,4 +215,8 @@ def build_bigbigan(
         model = BigBiGAN(**infer_architecture(state, source))
     load_strict(model, convert_state_dict(state, source), source)
     model.weights_sha256 = resolved.sha256
+    if weights is None:  # DeepMind's TF-Hub module, converted by Voynov et al.
+        model.weights_license = DatasetLicense(
+            link="https://tfhub.dev/deepmind/bigbigan-resnet50/1"
+        )
     return model.to(device)

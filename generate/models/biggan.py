@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError, WeightsError
 from genrep.generate.models._layers import (
     SelfAttention,
@@ -272,7 +273,10 @@ def _build(
     truncation = as_float("bn_truncation", bn_truncation)
     bn_statistics_index(truncation, config["n_stats"])  # fail before any download
     resolved = resolve_weights(weights_spec(name), weights, model=name)
-    return load_biggan_deep(resolved.path, config, truncation, resolved.sha256).to(device)
+    model = load_biggan_deep(resolved.path, config, truncation, resolved.sha256)
+    if weights is None:  # DeepMind's TF-Hub module, converted by pytorch_pretrained_biggan
+        model.weights_license = DatasetLicense(link=f"https://tfhub.dev/deepmind/{name}/1")
+    return model.to(device)
 
 
 def _register(name: str, aliases: tuple[str, ...] = ()) -> None:

@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError
 from genrep.generate.models.base import GENERATORS, Generator, parameters_sha256
 
@@ -37,6 +38,8 @@ class EmbeddedGenerator(Generator):
     """A fixed random style-based network; `num_classes > 0` makes it class-conditional."""
 
     default_truncation = 2.0
+    #: its weights are genrep's own (a function of a seed), under genrep's license
+    weights_license = DatasetLicense("mit", None, None)
 
     def __init__(
         self,
