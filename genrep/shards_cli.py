@@ -10,7 +10,7 @@ import click
 import numpy as np
 from PIL import Image
 
-from genrep.errors import DataError, Group, ShardFormatError
+from genrep.errors import DataError, Group, ShardFormatError, UsageError
 from genrep.io import sha256_file
 from genrep.manifest import find_dataset, read_manifest
 from genrep.options import config_option
@@ -51,6 +51,12 @@ def inspect(folder: str) -> None:
         f"images      {frame.describe()}, {image['format']} q{image['quality']}",
         f"shards      {len(m['shards'])} of {m['num_shards']}, {size / 2**20:.1f} MiB",
     ]
+    parent = m.get("parent")
+    if isinstance(parent, dict):
+        lines.append(
+            f"parent      {parent.get('name')} ({parent.get('operation')} of its "
+            f"{parent.get('n')} anchors, content sha256={str(parent.get('content_hash'))[:16]})"
+        )
     click.echo("\n".join(lines))
 
 
@@ -76,27 +82,63 @@ def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | Non
     return None
 
 
+def dataset_problems(path: Path, m: dict[str, Any]) -> list[str]:
+    """Everything wrong with a dataset folder, one line each (empty: it verifies)."""
+    problems = []
+    for entry in m["shards"]:
+        problem = verify_shard(path / entry["name"], entry, m["neighbors"])
+        if problem:
+            problems.append(f"BAD {entry['name']}: {problem}")
+    listed = {entry["name"] for entry in m["shards"]}
+    for stray in sorted(p.name for p in path.glob("shard-*.tar") if p.name not in listed):
+        problems.append(f"BAD {stray}: not in the manifest")
+    if not m["complete"]:
+        problems.append(f"INCOMPLETE: {len(m['shards'])} of {m['num_shards']} shards")
+    return problems
+
+
 @main.command()
 @config_option
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def verify(folder: str) -> None:
     """Check every shard's checksum and decode every sample; exit 1 naming each bad shard."""
     path, m = _dataset(folder)
-    bad = 0
-    for entry in m["shards"]:
-        problem = verify_shard(path / entry["name"], entry, m["neighbors"])
-        if problem:
-            bad += 1
-            click.echo(f"BAD {entry['name']}: {problem}", err=True)
-    listed = {entry["name"] for entry in m["shards"]}
-    for stray in sorted(p.name for p in path.glob("shard-*.tar") if p.name not in listed):
-        bad += 1
-        click.echo(f"BAD {stray}: not in the manifest", err=True)
-    if not m["complete"]:
-        click.echo(f"INCOMPLETE: {len(m['shards'])} of {m['num_shards']} shards", err=True)
-    if bad or not m["complete"]:
+    problems = dataset_problems(path, m)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
         sys.exit(1)
     click.echo(f"OK {len(m['shards'])} shards, {sum(e['samples'] for e in m['shards'])} samples")
+
+
+@main.command()
+@config_option
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option(
+    "--private/--public",
+    default=None,
+    help="Visibility of a repository the push creates [default: the hub's].",
+)
+@click.option("--message", default=None, help="Commit message [default: genrep dataset NAME].")
+def push(folder: str, repo_id: str, private: bool | None, message: str | None) -> None:
+    """Verify FOLDER, then upload it to the Hugging Face dataset repository REPO_ID (OWNER/NAME)
+    in one commit: shards, manifest, config and card (pip install 'genrep[hub]'; a token from
+    `hf auth login` or HF_TOKEN)."""
+    from genrep.hub import hub_client
+    from genrep.hub import push as push_to_hub
+
+    client = hub_client(repo_id)
+    path, m = _dataset(folder)
+    problems = dataset_problems(path, m)
+    if problems:
+        raise DataError(
+            f"{path} does not verify ({len(problems)} problem(s), first: {problems[0]}); "
+            f"run genrep-shards verify {path}, and push a dataset that passes"
+        )
+    upload, url = push_to_hub(client, path, m, repo_id, private=private, message=message)
+    removed = f", removed {len(upload.delete)} stale shard(s)" if upload.delete else ""
+    click.echo(f"pushed {len(upload.add)} files ({upload.bytes / 2**20:.1f} MiB){removed}: {url}")
 
 
 @main.command()
@@ -136,3 +178,67 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
             sheet[y : y + cell_h, x : x + cell_w] = np.asarray(image.resize((cell_w, cell_h)))
     Image.fromarray(sheet).save(out)
     click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")
+
+
+def _reshape(folder: str, out: str, selection: Any, shard_size: int | None) -> None:
+    from genrep.reshape import reshape
+
+    manifest = reshape(
+        folder, out, selection, shard_size, log=lambda line: click.echo(line, err=True)
+    )
+    samples = sum(entry["samples"] for entry in manifest["shards"])
+    click.echo(f"wrote {out}: {samples} anchors in {len(manifest['shards'])} shards; complete")
+
+
+@main.command()
+@config_option
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, help="Folder of the new dataset (new, empty, or resuming).")
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Keep the first N anchors.")
+@click.option(
+    "--classes",
+    default=None,
+    help="Keep the anchors of these class ids (comma list, e.g. 3,7): class-conditional datasets.",
+)
+@click.option(
+    "--per-class", type=click.IntRange(min=1), default=None, help="With --classes: at most K each."
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Anchors per shard [default: the dataset's].",
+)
+def subset(
+    folder: str,
+    out: str,
+    n: int | None,
+    classes: str | None,
+    per_class: int | None,
+    shard_size: int | None,
+) -> None:
+    """Write the first N anchors of FOLDER, or those of some classes, as a new dataset in --out.
+
+    Samples are copied byte for byte and keep their keys (the parent's indices); the new manifest
+    records the parent dataset in `parent`."""
+    from genrep.reshape import Selection, parse_classes
+
+    if per_class is not None and classes is None:
+        raise UsageError("--per-class goes with --classes")
+    if n is None and classes is None:
+        raise UsageError("pass --n N and/or --classes IDS")
+    selection = Selection("subset", n, parse_classes(classes), per_class)
+    _reshape(folder, out, selection, shard_size)
+
+
+@main.command()
+@config_option
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--shard-size", type=click.IntRange(min=1), required=True, help="Anchors per shard.")
+@click.option("--out", required=True, help="Folder of the new dataset (new, empty, or resuming).")
+def reshard(folder: str, shard_size: int, out: str) -> None:
+    """Write all of FOLDER again with --shard-size anchors per shard, into --out (samples copied
+    byte for byte; the new manifest records the parent in `parent`)."""
+    from genrep.reshape import Selection
+
+    _reshape(folder, out, Selection("reshard"), shard_size)
