@@ -81,7 +81,9 @@ def _fsspec_open(url: str) -> BinaryIO:
     except (ImportError, ValueError) as err:
         extra = EXTRAS.get(protocol)
         hint = f"pip install 'genrep[{extra}]'" if extra else "install the fsspec backend for it"
-        raise UsageError(f"cannot read {protocol}:// URLs here ({one_line(err)}): {hint}") from None
+        raise UsageError(
+            f"cannot read {protocol}:// URLs here ({one_line(str(err))}): {hint}"
+        ) from None
     kwargs = {"block_size": 0} if protocol in ("http", "https") else {}
     return fs.open(path, "rb", **kwargs)
 
@@ -99,11 +101,15 @@ class _PipeFile(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        n = self.process.stdout.readinto(buffer)
+        stdout, stderr = self.process.stdout, self.process.stderr
+        assert stdout is not None and stderr is not None  # both are pipes
+        data = stdout.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
         if n == 0:
             status = self.process.wait()
             if status != 0:
-                detail = one_line(self.process.stderr.read(2000).decode(errors="replace"))
+                detail = one_line(stderr.read(2000).decode(errors="replace"))
                 raise OSError(f"{self.command!r} exited with status {status}: {detail}")
         return n
 
@@ -152,9 +158,8 @@ class RetryingReader(io.RawIOBase):
         errors = _network_errors()
         while True:
             try:
-                if self.file is None:
-                    self._reopen()
-                data = self.file.read(len(buffer))
+                file = self.file if self.file is not None else self._reopen()
+                data = file.read(len(buffer))
             except errors as err:
                 if _not_found(err) and self.position == 0:
                     raise
@@ -177,20 +182,21 @@ class RetryingReader(io.RawIOBase):
             except Exception:  # a broken connection fails to close in many ways; it is gone
                 pass
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> BinaryIO:
         """Open the file again at the position reached."""
-        self.file = self.opener()
+        self.file = file = self.opener()
         try:  # range requests where the file system has them (s3, gs, seekable http)
-            self.file.seek(self.position)
-            return
+            file.seek(self.position)
+            return file
         except (ValueError, OSError, io.UnsupportedOperation):  # a plain stream: skip by reading
             pass
         left = self.position
         while left:
-            chunk = self.file.read(min(left, 1 << 20))
+            chunk = file.read(min(left, 1 << 20))
             if not chunk:
                 raise NetworkError(f"{self.url} became shorter while it was read; rerun")
             left -= len(chunk)
+        return file
 
     def close(self) -> None:
         self._drop()
@@ -220,9 +226,10 @@ def _with_retries(opener: Callable[[], BinaryIO], url: str) -> BinaryIO:
 
 def open_stream(url: str) -> BinaryIO:
     """A buffered, retrying sequential stream of the file at `url` (FileNotFoundError if absent)."""
-    opener: Callable[[], BinaryIO] = (
-        (lambda: _PipeFile(url)) if url.startswith(PIPE) else (lambda: _fsspec_open(url))
-    )
+
+    def opener() -> Any:
+        return _PipeFile(url) if url.startswith(PIPE) else _fsspec_open(url)
+
     return io.BufferedReader(RetryingReader(opener, url), buffer_size=1 << 20)
 
 

@@ -124,8 +124,8 @@ class ParentReader:
 
     def classes(self) -> list[int]:
         """The class of every sample, from the manifest's rule or by reading the `cls` members."""
-        classes = self.manifest.get("classes")
-        if self.contiguous:
+        classes = self.manifest.get("classes") or []
+        if self.contiguous and classes:
             return [classes[p % len(classes)] for p in range(self.size)]
         return [
             _class_id(raw.get("cls"), f"{self.paths[j].name}: sample {raw.get('__key__')}")
@@ -225,7 +225,7 @@ def reshaped_manifest(
     }
     classes = m.get("classes")
     if selection.classes is not None:
-        classes = [c for c in classes if c in set(selection.classes)]
+        classes = [c for c in classes or [] if c in set(selection.classes)]
     parent_hash = content_hash(m)
     identity = {
         "operation": selection.operation,
