@@ -37,6 +37,8 @@ PIPE = "pipe:"
 #: attempts after the first, and the first wait (doubled after each failure)
 RETRIES = 4
 BACKOFF_S = 0.5
+#: progress after which a broken stream's failures are counted afresh
+RESET_AFTER_BYTES = 64 << 20
 #: the largest manifest read (a million-shard manifest is about 200 MB; genrep caps shards lower)
 MAX_MANIFEST_BYTES = 256 << 20
 #: the extra each fsspec protocol needs
@@ -148,7 +150,7 @@ class RetryingReader(io.RawIOBase):
 
     def __init__(self, opener: Callable[[], BinaryIO], url: str) -> None:
         self.opener, self.url = opener, url
-        self.position, self.failures, self.failed_at = 0, 0, -1
+        self.position, self.failures, self.failed_at = 0, 0, 0
         self.file: BinaryIO | None = _with_retries(opener, url)
 
     def readable(self) -> bool:
@@ -164,8 +166,10 @@ class RetryingReader(io.RawIOBase):
                 if _not_found(err) and self.position == 0:
                     raise
                 self._drop()
-                # failures in a row without getting past the byte where the last one happened
-                self.failures = self.failures + 1 if self.position <= self.failed_at else 1
+                # failures with little progress between them count together; a long stream
+                # that breaks now and then starts a new count after each RESET_AFTER_BYTES
+                progressed = self.position - self.failed_at >= RESET_AFTER_BYTES
+                self.failures = 1 if progressed else self.failures + 1
                 self.failed_at = self.position
                 _give_up_or_wait(self.failures - 1, err, self.url)
                 continue
