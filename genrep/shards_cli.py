@@ -1,4 +1,5 @@
-"""`genrep-shards`: look at, check and preview a shard folder someone handed you."""
+"""`genrep-shards`: look at, check and preview a shard folder someone handed you; cut it down or
+reshard it (`genrep.reshape`); publish one to the Hugging Face Hub (`genrep.hub`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _dataset(folder: str) -> tuple[Path, dict[str, Any]]:
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Inspect, verify and preview genrep shard folders."""
+    """Inspect, verify, preview, reshape and publish genrep dataset folders."""
 
 
 @main.command()
