@@ -20,7 +20,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from genrep.evaluate.datasets import ProbeDataset, register_dataset
+from genrep.errors import UsageError
+from genrep.evaluate.datasets.base import DATASETS, ProbeDataset
 
 #: (class name, file in skimage/data); grey photos are given as RGB
 SKIMAGE_PHOTOS = (
@@ -51,14 +52,14 @@ def _skimage_photo(filename: str) -> np.ndarray:
     try:
         data = importlib.resources.files("skimage") / "data"
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
+        raise UsageError(
             "dataset photos needs scikit-image for its photographs: pip install scikit-image"
         ) from None
     with (data / filename).open("rb") as f, Image.open(f) as image:
         return np.asarray(image.convert("RGB"))
 
 
-@register_dataset("photos")
+@DATASETS.register("photos")
 class PhotosDataset(ProbeDataset):
     """20-way photo identity from crops; fit and evaluation crops come from disjoint halves."""
 
