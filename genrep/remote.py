@@ -19,12 +19,14 @@ format's members and shard names, the same size caps, no pickle, checksums.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import shlex
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
@@ -51,6 +53,11 @@ def is_remote(location: str | Any) -> bool:
     return text.startswith(PIPE) or bool(URL_RE.match(text))
 
 
+#: where a dataset or one of its files is: a local path, or a URL / pipe: command (kept a string:
+#: a Path would fold the // of a URL)
+Location = str | Path
+
+
 def check_typed(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     """Click callback: refuse a `pipe:` location that did not come from the command line."""
     values = value if isinstance(value, (list, tuple)) else [value]
@@ -62,6 +69,30 @@ def check_typed(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
                 "on the command line, not taken from a --config file"
             )
     return value
+
+
+class DatasetLocation(click.ParamType):
+    """A dataset argument: an existing local folder, or a URL or pipe: command (`check_typed`)."""
+
+    name = "DIR|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if is_remote(value):
+            if ctx is not None and param is not None:
+                check_typed(ctx, param, value)
+            return str(value)
+        return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
+def locate(location: Location, name: str) -> Location:
+    """The file `name` of the dataset at `location`: a path in a folder, else a URL (`join`)."""
+    return join(str(location), name) if is_remote(location) else Path(location) / name
+
+
+def dataset_name(location: str) -> str:
+    """The name of a dataset at a URL: the last segment of its folder's address."""
+    folder = location.split("{}", 1)[0] if location.startswith(PIPE) else location
+    return folder.rstrip("/").rsplit("/", 1)[-1].split()[-1]
 
 
 def join(location: str, name: str) -> str:
@@ -235,6 +266,51 @@ def open_stream(url: str) -> BinaryIO:
         return _PipeFile(url) if url.startswith(PIPE) else _fsspec_open(url)
 
     return io.BufferedReader(RetryingReader(opener, url), buffer_size=1 << 20)
+
+
+class _CappedReader(io.RawIOBase):
+    """A file that may hold at most `limit` bytes: reading past them is a DataError."""
+
+    def __init__(self, file: BinaryIO, limit: int, where: str) -> None:
+        self.file, self.left, self.where = file, limit, where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.file.read(min(len(buffer), self.left + 1))
+        if len(data) > self.left:
+            raise DataError(
+                f"{self.where} holds more bytes than its manifest says; it is not that dataset's "
+                "file: fetch the dataset again"
+            )
+        self.left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def open_file(location: Location, limit: int | None = None) -> BinaryIO:
+    """A dataset file for reading in order, from a folder or a URL: the one function readers
+    open shards with; with `limit`, more than `limit` bytes is a DataError (a size cap)."""
+    file = open_stream(str(location)) if is_remote(location) else open(location, "rb")  # noqa: SIM115
+    if limit is None:
+        return file
+    return io.BufferedReader(_CappedReader(file, limit, str(location)), buffer_size=1 << 16)
+
+
+def sha256_of(location: Location, limit: int) -> tuple[int, str]:
+    """(size, sha256) of a dataset file, reading at most `limit` + 1 bytes (size `limit` + 1: it
+    is larger than it may be)."""
+    digest, size = hashlib.sha256(), 0
+    with open_file(location) as file:
+        while size <= limit and (chunk := file.read(min(1 << 20, limit + 1 - size))):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def read_capped(url: str, limit: int, what: str) -> bytes:

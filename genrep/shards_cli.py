@@ -12,18 +12,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from genrep.errors import DataError, Group, ShardFormatError, UsageError
-from genrep.io import sha256_file
-from genrep.manifest import find_dataset, read_manifest
+from genrep.manifest import dataset_at
 from genrep.options import config_option
+from genrep.remote import DatasetLocation, Location, is_remote, locate, sha256_of
 from genrep.shards import decode_sample, iter_raw_samples, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
 PREVIEW_CELL = 256
 
 
-def _dataset(folder: str) -> tuple[Path, dict[str, Any]]:
-    path = find_dataset(folder)
-    return path, read_manifest(path)
+def _dataset(folder: str) -> tuple[Location, dict[str, Any]]:
+    return dataset_at(folder)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,7 +32,7 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=DatasetLocation())
 def inspect(folder: str) -> None:
     """Summarize a dataset: generator, view, size and shards."""
     path, m = _dataset(folder)
@@ -61,17 +60,21 @@ def inspect(folder: str) -> None:
     click.echo("\n".join(lines))
 
 
-def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | None:
-    """What is wrong with one shard (checksum, size, sample count, decodability), or None."""
-    if not path.exists():
+def verify_shard(path: Location, entry: dict[str, Any], neighbors: int) -> str | None:
+    """What is wrong with one shard, in a folder or at a URL (checksum, size, sample count,
+    decodability), or None."""
+    try:
+        size, sha256 = sha256_of(path, entry["bytes"])
+    except FileNotFoundError:
         return "missing"
-    if path.stat().st_size != entry["bytes"]:
-        return f"size {path.stat().st_size} != {entry['bytes']} in the manifest"
-    if sha256_file(path) != entry["sha256"]:
+    if size != entry["bytes"]:
+        shown = f"over {entry['bytes']}" if size > entry["bytes"] else size
+        return f"size {shown} != {entry['bytes']} in the manifest"
+    if sha256 != entry["sha256"]:
         return "sha256 differs from the manifest"
     count = 0
     try:
-        for raw in iter_raw_samples(path):
+        for raw in iter_raw_samples(path, entry["bytes"]):
             sample = decode_sample(raw)
             if len(sample.neighbors) != neighbors:
                 return f"sample {sample.key} has {len(sample.neighbors)} neighbors, expected {neighbors}"
@@ -83,15 +86,17 @@ def verify_shard(path: Path, entry: dict[str, Any], neighbors: int) -> str | Non
     return None
 
 
-def dataset_problems(path: Path, m: dict[str, Any]) -> list[str]:
-    """Everything wrong with a dataset folder, one line each (empty: it verifies)."""
+def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
+    """Everything wrong with a dataset (folder or URL), one line each (empty: it verifies); shards
+    not in the manifest are found in a folder only (a URL is not listed)."""
     problems = []
     for entry in m["shards"]:
-        problem = verify_shard(path / entry["name"], entry, m["neighbors"])
+        problem = verify_shard(locate(path, entry["name"]), entry, m["neighbors"])
         if problem:
             problems.append(f"BAD {entry['name']}: {problem}")
     listed = {entry["name"] for entry in m["shards"]}
-    for stray in sorted(p.name for p in path.glob("shard-*.tar") if p.name not in listed):
+    strays = [] if is_remote(path) else Path(path).glob("shard-*.tar")
+    for stray in sorted(p.name for p in strays if p.name not in listed):
         problems.append(f"BAD {stray}: not in the manifest")
     if not m["complete"]:
         problems.append(f"INCOMPLETE: {len(m['shards'])} of {m['num_shards']} shards")
@@ -100,7 +105,7 @@ def dataset_problems(path: Path, m: dict[str, Any]) -> list[str]:
 
 @main.command()
 @config_option
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=DatasetLocation())
 def verify(folder: str) -> None:
     """Check every shard's checksum and decode every sample; exit 1 naming each bad shard."""
     path, m = _dataset(folder)
@@ -144,7 +149,7 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 
 @main.command()
 @config_option
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=DatasetLocation())
 @click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
 @click.option(
     "--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Anchors to show."
@@ -188,7 +193,7 @@ def preview(
     path, m = _dataset(folder)
     grid: list[list[Image.Image]] = []
     for entry in m["shards"]:
-        for raw in iter_raw_samples(path / entry["name"]):
+        for raw in iter_raw_samples(locate(path, entry["name"]), entry["bytes"]):
             sample = decode_sample(raw)
             grid.append([sample.anchor, *sample.neighbors[:columns]])
             if len(grid) == rows:
@@ -249,7 +254,7 @@ class _TrainingViews:
 
 
 def training_view_maker(
-    folder: Path, training_view: str, tx: str, input_size: int | None
+    folder: Location, training_view: str, tx: str, input_size: int | None
 ) -> _TrainingViews:
     """The views genrep-train makes of this dataset (stage 2's code, imported only here)."""
     from genrep.train.data import open_data

@@ -9,6 +9,7 @@ import click
 from genrep.encoders import resnet_names
 from genrep.errors import Command
 from genrep.options import RegistryChoice, common_options, config_option
+from genrep.remote import DatasetLocation
 from genrep.runs import EXPORT_FORMATS, export_backbone
 from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TrainConfig
 from genrep.train.objectives import OBJECTIVES
@@ -34,7 +35,7 @@ def _takers(option: str) -> str:
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @config_option
-@click.argument("shards", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.argument("shards", nargs=-1, type=DatasetLocation())
 @click.option(
     "--real",
     type=click.Path(exists=True, file_okay=False),
