@@ -85,7 +85,8 @@ class ParentReader:
     """The shards of a complete dataset, read sample by sample in order, checksums first."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.manifest, self.paths = load_dataset(folder)
+        self.manifest, paths = load_dataset(folder)  # a folder (the argument is click.Path)
+        self.paths = [Path(p) for p in paths]
         self.folder = self.paths[0].parent if self.paths else Path(folder)
         self.counts = [int(entry["samples"]) for entry in self.manifest["shards"]]
         self.starts = [sum(self.counts[:j]) for j in range(len(self.counts))]

@@ -142,7 +142,7 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
             f"{path} does not verify ({len(problems)} problem(s), first: {problems[0]}); "
             f"run genrep-shards verify {path}, and push a dataset that passes"
         )
-    upload, url = push_to_hub(client, path, m, repo_id, private=private, message=message)
+    upload, url = push_to_hub(client, Path(path), m, repo_id, private=private, message=message)
     removed = f", removed {len(upload.delete)} stale shard(s)" if upload.delete else ""
     click.echo(f"pushed {len(upload.add)} files ({upload.bytes / 2**20:.1f} MiB){removed}: {url}")
 

@@ -182,7 +182,7 @@ def open_shard_folders(folders: Sequence[Location]) -> tuple[ShardSource, dict[s
             f"these datasets store frames that App. A crops differently ({described}): train on "
             "datasets made with the same genrep-generate --frame and --size"
         )
-    summary = {
+    summary: dict[str, Any] = {
         "name": "+".join(names),
         "size": sum(counts),
         "image_size": max(frame.short_side for frame in frames.values()),
