@@ -29,11 +29,13 @@ from genrep.io import atomic_open, remove_stale_tmp, sha256_file
 from genrep.manifest import (
     check_identity,
     content_hash,
+    find_dataset,
     load_dataset,
     new_manifest,
     read_manifest,
     update_manifest,
 )
+from genrep.remote import Location, dataset_name, is_remote, sha256_of
 from genrep.shards import iter_raw_samples, shard_name, stored_frame, write_shard
 
 #: the member names of the format (after the key), shards/README.md
@@ -84,10 +86,10 @@ def _class_id(data: Any, where: str) -> int:
 class ParentReader:
     """The shards of a complete dataset, read sample by sample in order, checksums first."""
 
-    def __init__(self, folder: str | Path) -> None:
-        self.manifest, paths = load_dataset(folder)  # a folder (the argument is click.Path)
-        self.paths = [Path(p) for p in paths]
-        self.folder = self.paths[0].parent if self.paths else Path(folder)
+    def __init__(self, folder: Location) -> None:
+        self.folder = folder if is_remote(folder) else find_dataset(folder)
+        self.manifest, self.paths = load_dataset(self.folder)
+        self.name = dataset_name(self.folder) if is_remote(self.folder) else Path(self.folder).name
         self.counts = [int(entry["samples"]) for entry in self.manifest["shards"]]
         self.starts = [sum(self.counts[:j]) for j in range(len(self.counts))]
 
@@ -107,13 +109,13 @@ class ParentReader:
     def read(self, j: int) -> Any:
         """Raw samples of shard `j` with their positions, after checking its checksum."""
         path, entry = self.paths[j], self.manifest["shards"][j]
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_of(path, entry["bytes"]) != (entry["bytes"], entry["sha256"]):
             raise ShardFormatError(
                 f"{path}: sha256 differs from its manifest; run genrep-shards verify "
                 f"{self.folder} and get the dataset again"
             )
         count = 0
-        for count, raw in enumerate(iter_raw_samples(path), start=1):
+        for count, raw in enumerate(iter_raw_samples(path, entry["bytes"]), start=1):
             if count > self.counts[j]:
                 break
             yield self.starts[j] + count - 1, raw
@@ -129,8 +131,8 @@ class ParentReader:
         if self.contiguous and classes:
             return [classes[p % len(classes)] for p in range(self.size)]
         return [
-            _class_id(raw.get("cls"), f"{self.paths[j].name}: sample {raw.get('__key__')}")
-            for j in range(len(self.paths))
+            _class_id(raw.get("cls"), f"{entry['name']}: sample {raw.get('__key__')}")
+            for j, entry in enumerate(self.manifest["shards"])
             for _, raw in self.read(j)
         ]
 
@@ -235,7 +237,7 @@ def reshaped_manifest(
         "shard_size": shard_size,
     }
     record = {
-        "name": parent.folder.name,
+        "name": parent.name,
         "content_hash": parent_hash,
         "identity": m.get("identity"),
         "format_version": m["format_version"],
@@ -285,7 +287,7 @@ def reshape(
     (default: the parent's); a rerun resumes. Returns the new manifest."""
     out = Path(out)
     parent = ParentReader(folder)
-    if parent.folder.resolve() == out.resolve():
+    if not is_remote(parent.folder) and Path(parent.folder).resolve() == out.resolve():
         raise OutputError(f"--out {out} is the dataset being read; pass another folder")
     shard_size = shard_size or int(parent.manifest["shard_size"])
     if shard_size <= 0:

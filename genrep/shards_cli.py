@@ -283,7 +283,7 @@ def _reshape(folder: str, out: str, selection: Any, shard_size: int | None) -> N
 
 @main.command()
 @config_option
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=DatasetLocation())
 @click.option("--out", required=True, help="Folder of the new dataset (new, empty, or resuming).")
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Keep the first N anchors.")
 @click.option(
@@ -324,7 +324,7 @@ def subset(
 
 @main.command()
 @config_option
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=DatasetLocation())
 @click.option("--shard-size", type=click.IntRange(min=1), required=True, help="Anchors per shard.")
 @click.option("--out", required=True, help="Folder of the new dataset (new, empty, or resuming).")
 def reshard(folder: str, shard_size: int, out: str) -> None:

@@ -135,3 +135,15 @@ def test_pipe_locations_only_when_typed(datasets, tmp_path):
     config.write_text(f"shards: ['pipe:cat {folder}/{{}}']\n")
     refused = CliRunner().invoke(train_main, ["--config", str(config), "--out", str(tmp_path)])
     assert "typed on the command line" in one_line_error(refused, 2)
+
+
+def test_subset_of_a_dataset_at_a_url_is_the_subset_of_its_folder(datasets, tmp_path):
+    folder = datasets("cond")
+    with serve(folder.parent) as server:
+        made = shards("subset", f"{server.url}/{folder.name}", "--n", "40", "--out", tmp_path / "a")
+        assert made.exit_code == 0, made.output
+    assert shards("subset", folder, "--n", "40", "--out", tmp_path / "b").exit_code == 0
+    for name in ("manifest.json", "shard-000000.tar", "shard-000001.tar"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["parent"]["name"] == "cond"
+    assert "OK 2 shards, 40 samples" in shards("verify", tmp_path / "a").output
