@@ -89,7 +89,9 @@ class ParentReader:
     def __init__(self, folder: Location) -> None:
         self.folder = folder if is_remote(folder) else find_dataset(folder)
         self.manifest, self.paths = load_dataset(self.folder)
-        self.name = dataset_name(str(self.folder)) if is_remote(self.folder) else Path(self.folder).name
+        self.name = (
+            dataset_name(str(self.folder)) if is_remote(self.folder) else Path(self.folder).name
+        )
         self.counts = [int(entry["samples"]) for entry in self.manifest["shards"]]
         self.starts = [sum(self.counts[:j]) for j in range(len(self.counts))]
 
