@@ -240,9 +240,12 @@ class RetryingReader(io.RawIOBase):
 
 def _give_up_or_wait(attempt: int, err: BaseException, url: str) -> None:
     if attempt >= RETRIES:
+        detail = one_line(str(err))
+        if detail in ("", url):  # fsspec's http names only the URL; the cause says what failed
+            cause = err.__cause__ or err.__context__
+            detail = one_line(str(cause)) if cause is not None else type(err).__name__
         raise NetworkError(
-            f"{url}: {one_line(str(err)) or type(err).__name__} (after {RETRIES + 1} attempts); "
-            "check the network and rerun"
+            f"{url}: {detail} (after {RETRIES + 1} attempts); check the network and rerun"
         ) from None
     time.sleep(BACKOFF_S * 2**attempt)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -40,6 +42,21 @@ def test_a_network_that_stays_down_is_one_line(files):
     assert (
         "\n" not in message and url in message and f"after {remote.RETRIES + 1} attempts" in message
     )
+
+
+def test_a_refused_connection_says_what_failed(unused_port):
+    url = f"http://127.0.0.1:{unused_port}/ds/manifest.json"
+    with pytest.raises(NetworkError) as caught:
+        remote.open_stream(url)
+    message = str(caught.value)
+    assert message.count(url) == 1 and "after" in message and "\n" not in message
+
+
+@pytest.fixture
+def unused_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_a_missing_file_is_not_retried(files):
