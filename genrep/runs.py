@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -180,7 +180,9 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
             arch = arch or DEFAULT_ARCH
             kind, state = "state-dict", loaded.get("state_dict", loaded)
     model = fit_backbone(arch, state, weights).eval().requires_grad_(False)
-    return Backbone(model, arch, path, kind, sha256_file(weights), model.feature_dim, step, config)
+    return Backbone(
+        model, arch, path, kind, sha256_file(weights), cast(int, model.feature_dim), step, config
+    )
 
 
 def random_backbone(arch: str, seed: int) -> nn.Module:

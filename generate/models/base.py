@@ -8,6 +8,7 @@ Generators come from this package, from installed packages (entry-point group
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -66,10 +67,9 @@ class Generator(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the generator's tensors live: where its inputs must go."""
-        tensor = next(iter(self.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(self.buffers()), torch.zeros(0))
-        return tensor.device
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @property
     def frame(self) -> tuple[int, int]:

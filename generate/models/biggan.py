@@ -68,6 +68,11 @@ def bn_statistics_index(truncation: float, n_stats: int) -> tuple[int, float]:
 class ConditionalBatchNorm(nn.Module):
     """Batch norm with stored statistics per truncation and a class/z-conditional gain and bias."""
 
+    running_means: torch.Tensor
+    running_vars: torch.Tensor
+    inv_std: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, channels: int, condition_dim: int | None, n_stats: int, eps: float) -> None:
         super().__init__()
         self.eps = eps

@@ -281,7 +281,7 @@ def load_components(root: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    local = {"local_files_only": True}
+    local: dict[str, Any] = {"local_files_only": True}
     try:
         with _quiet_libraries():
             unet = UNet2DConditionModel.from_pretrained(

@@ -155,8 +155,7 @@ class EmbeddedGenerator(Generator):
         )  # B, 2F, W
         gain = 1 + 0.5 * torch.tanh(z @ self.style_hidden)  # B, hidden
         color = (z @ self.color_dirs.T) * COLOR_PER_UNIT  # B, 3
-        f32 = {"dtype": torch.float32}
-        rows, cols, gain, color = rows.to(**f32), cols.to(**f32), gain.to(**f32), color.to(**f32)
+        rows, cols, gain, color = (t.to(torch.float32) for t in (rows, cols, gain, color))
         images = []
         # One image at a time: every image's arithmetic has the same shapes whatever batch it came
         # in, so its pixels are identical for any --batch-size; the working set stays in cache.
@@ -186,7 +185,7 @@ def build_embedded(
     num_classes = 0
     if classes is not None:
         try:
-            num_classes = int(classes)
+            num_classes = int(str(classes))
         except (TypeError, ValueError):
             raise UsageError(
                 f"--classes for the embedded generator is a number of classes K, got {classes!r}"

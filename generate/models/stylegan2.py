@@ -101,6 +101,8 @@ class PixelNorm(nn.Module):
 
 
 class Blur(nn.Module):
+    kernel: torch.Tensor
+
     def __init__(self, pad: tuple[int, int], gain: float) -> None:
         super().__init__()
         self.pad = pad
@@ -112,6 +114,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """2x FIR upsampling of the skip images."""
+
+    kernel: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -351,7 +355,10 @@ def _module_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, torch.
     return out
 
 
-def _child(obj: PersistentObject, name: str) -> PersistentObject | None:
+def _child(obj: PersistentObject | None, name: str) -> PersistentObject | None:
+    """A submodule of a pickled module, or None where it (or the module) is missing."""
+    if obj is None:
+        return None
     child = (obj.state.get("_modules") or {}).get(name)
     return child if isinstance(child, PersistentObject) else None
 
