@@ -54,7 +54,7 @@ from genrep.options import (
 from genrep.safeload import load_tensors
 
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,

@@ -18,24 +18,25 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from genrep.card import CARD, write_card
+from genrep import remote
+from genrep.card import CARD, DatasetLicense, write_card
 from genrep.config import save_config, to_plain
-from genrep.errors import ManifestError, OutputError
+from genrep.errors import DataError, ManifestError, OutputError
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import (
     TMP_SUFFIX,
     StagedFile,
     atomic_write_bytes,
     locked,
-    open_regular,
     remove_stale_tmp,
     sha256_file,
 )
+from genrep.remote import Location
 from genrep.shards import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -57,6 +58,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 #: manifest is rewritten whole, so rewriting it per shard would cost a run O(shards^2)
 FLUSH_SECONDS = 10.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RESTORE = "restore it from the dataset's source"
 
 
 def manifest_path(folder: str | Path) -> Path:
@@ -68,39 +70,51 @@ def _refuse_constant(name: str) -> float:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The manifest of `folder`, None if it has none; refuses unknown formats and versions, and
-    anything that does not follow the schema (a `ManifestError` naming what is wrong)."""
+    """The manifest of a local dataset `folder`, None if it has none (`parse_manifest`)."""
     path = manifest_path(folder)
     if not os.path.lexists(path):
         return None
-    restore = "restore it from the dataset's source"
+    return parse_manifest(manifest_bytes(path), str(path))
+
+
+def manifest_bytes(location: Location) -> bytes:
+    """The bytes of the manifest file at `location` (a path or a URL), at most
+    `MAX_MANIFEST_BYTES`; a file that is not a regular file is refused unread. The one reader of
+    manifests: FileNotFoundError when it is not there."""
     try:
-        with open_regular(path, ManifestError) as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        return remote.read_capped(location, MAX_MANIFEST_BYTES, "manifest")
+    except FileNotFoundError:
+        raise
+    except DataError as err:  # larger than a manifest may be, or not a regular file
+        raise ManifestError(f"{err}; {RESTORE}") from None
     except OSError as err:
-        raise ManifestError(f"{path} is not readable ({err.strerror}); {restore}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(
-            f"{path} is larger than the {MAX_MANIFEST_BYTES >> 20} MiB a manifest may be; {restore}"
-        )
+            f"{location} is not readable ({err.strerror or err}); {RESTORE}"
+        ) from None
+
+
+def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    """The manifest in `data` (read from `where`, a path or URL): strict JSON (no NaN or
+    Infinity), refusing unknown formats and versions and anything that does not follow the schema
+    (a `ManifestError` naming what is wrong)."""
     try:
         manifest = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as err:
         raise ManifestError(
-            f"{path} is not readable JSON ({type(err).__name__}: {str(err)[:200]}); {restore}"
+            f"{where} is not readable JSON ({type(err).__name__}: {str(err)[:200]}); {RESTORE}"
         ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise ManifestError(f"{path} is not a {FORMAT_NAME} manifest")
+        raise ManifestError(f"{where} is not a {FORMAT_NAME} manifest")
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ManifestError(
-            f"{path} has format version {version}; this genrep reads versions {readable}: "
+            f"{where} has format version {version}; this genrep reads versions {readable}: "
             "install the genrep release that matches the dataset"
         )
     problem = manifest_problem(manifest)
     if problem:
-        raise ManifestError(f"{path} is damaged: {problem}; {restore}")
+        raise ManifestError(f"{where} is damaged: {problem}; {RESTORE}")
     return manifest
 
 
@@ -205,7 +219,8 @@ def _image_problem(manifest: dict[str, Any]) -> str | None:
 
 def _shards_problem(manifest: dict[str, Any]) -> str | None:
     """A problem with the shard entries: each names a shard of the dataset (shard-NNNNNN.tar, no
-    path), once, in order, with its sample count, first index, size and sha256."""
+    path), once, in order, with its sample count, first index (the key of its first sample), size
+    and sha256."""
     previous = -1
     for entry in manifest["shards"]:
         entry, problem = _mapping_problem(
@@ -224,10 +239,14 @@ def _shards_problem(manifest: dict[str, Any]) -> str | None:
         k = int(SHARD_RE.match(entry["name"]).group(1))
         if entry["name"] != shard_name(k) or not previous < k < manifest["num_shards"]:
             return f"shard entry {entry['name']!r} is not a shard of this dataset, in order"
-        if (entry["samples"], entry["first_index"]) != (
-            shard_samples(manifest, k),
-            k * manifest["shard_size"],
-        ):
+        first = k * manifest["shard_size"]
+        # a reshaped dataset (it has a parent) keeps its parent's keys, which skip numbers
+        first_fits = (
+            entry["first_index"] >= first
+            if "parent" in manifest
+            else (entry["first_index"] == first)
+        )
+        if entry["samples"] != shard_samples(manifest, k) or not first_fits:
             return f"shard entry {entry['name']!r} does not fit n and shard_size"
         previous = k
     if manifest["complete"] != (len(manifest["shards"]) == manifest["num_shards"]):
@@ -255,22 +274,41 @@ def find_dataset(folder: str | Path) -> Path:
     raise ManifestError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
 
 
+def dataset_at(location: Location) -> tuple[Location, dict[str, Any]]:
+    """The dataset meant by `location` and its manifest: a folder as `find_dataset` takes it, or
+    the URL (or pipe: command) of a dataset folder, whose manifest is fetched first. Either way
+    the manifest is read by `manifest_bytes` and checked by `parse_manifest` (its limits, its
+    schema, shard entries named only as the format's shards)."""
+    if not remote.is_remote(location):
+        folder = find_dataset(location)
+        manifest = read_manifest(folder)
+        assert manifest is not None  # find_dataset found it
+        return folder, manifest
+    url = remote.join(str(location), MANIFEST)
+    try:
+        data = manifest_bytes(url)
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{url} is not there; pass the URL of a dataset folder (where its {MANIFEST} is)"
+        ) from None
+    return str(location), parse_manifest(data, url)
+
+
 def load_dataset(
-    folder: str | Path, require_complete: bool = True
-) -> tuple[dict[str, Any], list[Path]]:
-    """Manifest and shard paths of a dataset folder, checking the shards it lists are present."""
-    folder = find_dataset(folder)
-    manifest = read_manifest(folder)
+    folder: Location, require_complete: bool = True
+) -> tuple[dict[str, Any], list[Location]]:
+    """Manifest and shard locations of a dataset (folder or URL), checking the shards it lists
+    are present (in a folder; at a URL a missing shard is an error when it is read)."""
+    folder, manifest = dataset_at(folder)
     if require_complete and not manifest.get("complete"):
         raise ManifestError(
             f"{folder} is an unfinished dataset; rerun its genrep-generate command to complete it"
         )
-    paths = [folder / entry["name"] for entry in manifest["shards"]]
-    missing = [p.name for p in paths if not p.exists()]
+    paths = [remote.locate(folder, entry["name"]) for entry in manifest["shards"]]
+    missing = [] if remote.is_remote(folder) else [p for p in paths if not Path(p).exists()]
     if missing:
-        raise ManifestError(
-            f"{folder} lacks shards listed in its manifest: {', '.join(missing[:5])}"
-        )
+        names = ", ".join(Path(p).name for p in missing[:5])
+        raise ManifestError(f"{folder} lacks shards listed in its manifest: {names}")
     return manifest, paths
 
 
@@ -307,9 +345,12 @@ def check_identity(folder: str | Path, manifest: dict[str, Any], identity: dict[
     if held != identity:
         held = held if isinstance(held, dict) else {}
         differing = sorted(key for key in {*held, *identity} if held.get(key) != identity.get(key))
+        hint = ""
+        if differing == ["n"]:
+            hint = f" (genrep-shards subset {folder} --n N --out OUT takes its first N anchors)"
         raise OutputError(
             f"{folder} holds a dataset made with a different config (differs in: "
-            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config"
+            f"{', '.join(differing)}); pass another --out or rerun with that dataset's config{hint}"
         )
 
 
@@ -326,6 +367,8 @@ def new_manifest(
     shard_size: int,
     identity: dict[str, Any],
     config: dict[str, Any],
+    license: dict[str, Any] | None = None,
+    parent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a dataset with no shards yet (the schema of shards/README.md)."""
     return to_plain(
@@ -346,6 +389,8 @@ def new_manifest(
             "config": config,
             "shards": [],
             "complete": False,
+            "license": license or DatasetLicense().to_dict(),
+            **({"parent": parent} if parent is not None else {}),
         }
     )
 
@@ -391,8 +436,16 @@ class DatasetWriter:
     once, so a run's overhead does not grow with the shards already there.
     """
 
-    def __init__(self, folder: str | Path, base: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        base: dict[str, Any],
+        first_index: Callable[[int, Path], int] | None = None,
+    ) -> None:
+        """`first_index(k, path)`: the key of the first sample of shard `k` (default k * shard
+        size: a generated dataset; a reshaped one reads it from the shard)."""
         self.folder, self.base = Path(folder), base
+        self.first_index = first_index or (lambda k, path: k * base["shard_size"])
         self.pending: dict[str, dict[str, Any]] = {}
         self.flushed = time.monotonic()
 
@@ -408,7 +461,10 @@ class DatasetWriter:
             for name in sorted(present - known.keys()):
                 path = self.folder / name
                 known[name] = self._entry(name, sha256_file(path), path.stat().st_size)
-            self._write(manifest, known)
+            # the card states the license of the latest command (rerun to correct it)
+            relicensed = manifest.get("license") != self.base["license"]
+            manifest["license"] = self.base["license"]
+            self._write(manifest, known, rewrite=relicensed)
         remove_stale_tmp(self.folder)
         return present
 
@@ -451,7 +507,7 @@ class DatasetWriter:
         return {
             "name": name,
             "samples": shard_samples(self.base, k),
-            "first_index": k * self.base["shard_size"],
+            "first_index": self.first_index(k, self.folder / name),
             "bytes": size,
             "sha256": sha256,
         }
@@ -464,13 +520,17 @@ class DatasetWriter:
         self.flushed = time.monotonic()
         return manifest
 
-    def _write(self, manifest: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
-        """Write `manifest` with `entries` if that changes it; a complete dataset also gets its
-        config and card, unless they are there (a card someone edited is never replaced)."""
+    def _write(
+        self, manifest: dict[str, Any], entries: dict[str, dict[str, Any]], rewrite: bool = False
+    ) -> None:
+        """Write `manifest` with `entries` if that changes it (or to `rewrite` it); a complete
+        dataset also gets its config and card, unless they are there (a card someone edited is
+        never replaced, unless the command states another license: `rewrite`)."""
         shards = [entries[name] for name in sorted(entries)]
         complete = len(shards) == manifest["num_shards"]
         if (
-            shards != manifest["shards"]
+            rewrite
+            or shards != manifest["shards"]
             or complete != manifest["complete"]
             or not os.path.lexists(manifest_path(self.folder))
         ):
@@ -479,5 +539,5 @@ class DatasetWriter:
         if complete:
             if not os.path.lexists(self.folder / CONFIG):
                 save_config(self.folder / CONFIG, manifest["config"])
-            if not os.path.lexists(self.folder / CARD):
+            if rewrite or not os.path.lexists(self.folder / CARD):
                 write_card(self.folder, manifest)

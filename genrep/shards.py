@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator, Mapping
@@ -28,7 +27,7 @@ from PIL import Image
 
 from genrep.errors import DataError, ShardFormatError
 from genrep.images import decode_image as decode_image_bytes
-from genrep.io import open_regular
+from genrep.remote import Location, open_file
 
 # webdataset is imported inside the functions that use it: it imports torch, which encoder
 # processes (they only run `encode_images`) should not pay for.
@@ -334,29 +333,30 @@ class _HashingReader:
 class ShardFile:
     """One pass over a shard: its samples' raw members, and its checksum.
 
-    `with ShardFile(path, entry) as shard:` opens a regular file (anything else is a
-    `ShardFormatError`) whose size must be the manifest `entry`'s; `shard.samples()` yields each
+    `with ShardFile(path, entry) as shard:` opens a shard in a folder (a regular file: anything
+    else is a `ShardFormatError`) or at a URL, through `genrep.remote.open_file`, whose size must
+    be the manifest `entry`'s (or `size`, without an entry); `shard.samples()` yields each
     sample's members as `{"__key__": KEY, FIELD: bytes}`, and `shard.checksum_matches()` reads
     what the parser left (the tar's padding, or the samples after the last one used) and says
     whether the sha256 of the whole file is the entry's. Every problem is a `ShardFormatError`.
     """
 
-    def __init__(self, path: str | Path, entry: Mapping[str, Any] | None = None) -> None:
-        self.path, self.entry = Path(path), entry
+    def __init__(
+        self, path: Location, entry: Mapping[str, Any] | None = None, size: int | None = None
+    ) -> None:
+        self.path, self.entry = path, entry
+        self.size = entry["bytes"] if entry is not None else size
 
     def __enter__(self) -> ShardFile:
         try:
-            file = open_regular(self.path, ShardFormatError, "the shard")
+            self._file = open_file(self.path, self.size, "the shard")
         except FileNotFoundError:
             raise ShardFormatError("missing") from None
+        except DataError as err:  # not a regular file, or not the manifest's size
+            raise ShardFormatError(str(err)) from None
         except OSError as err:
-            raise ShardFormatError(f"unreadable ({err.strerror})") from None
-        self._file = file
-        size = os.fstat(file.fileno()).st_size
-        if self.entry is not None and size != self.entry["bytes"]:
-            file.close()
-            raise ShardFormatError(f"size {size} != {self.entry['bytes']} in the manifest")
-        self._reader = _HashingReader(file)
+            raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
+        self._reader = _HashingReader(self._file)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -394,6 +394,8 @@ class ShardFile:
                     sample[name] = tar.extractfile(info).read()
         except (tarfile.TarError, EOFError) as err:
             raise ShardFormatError(f"not a readable tar ({err})") from None
+        except DataError as err:  # the file is longer or shorter than its manifest says
+            raise ShardFormatError(str(err)) from None
         except OSError as err:
             raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
         if sample:
@@ -404,6 +406,8 @@ class ShardFile:
         try:
             while self._reader.read(1 << 20):
                 pass
+        except DataError as err:
+            raise ShardFormatError(str(err)) from None
         except OSError as err:
             raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
         return self._reader.digest.hexdigest() == self.entry["sha256"]
@@ -414,9 +418,10 @@ class ShardFile:
             raise ShardFormatError("sha256 differs from the manifest")
 
 
-def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The raw samples of one shard, in order, without decoding (and without a checksum)."""
-    with ShardFile(path) as shard:
+def iter_raw_samples(path: Location, size: int | None = None) -> Iterator[dict[str, Any]]:
+    """The raw samples of one shard (a file or a URL; of `size` bytes when given, its manifest
+    size), in order, without decoding (and without a checksum)."""
+    with ShardFile(path, size=size) as shard:
         yield from shard.samples()
 
 

@@ -37,6 +37,7 @@ from torchvision.datasets import ImageFolder
 from genrep.errors import DataError, ShardFormatError, UsageError, warn
 from genrep.images import read_image_file
 from genrep.manifest import content_hash, find_dataset, load_dataset
+from genrep.remote import Location, dataset_name, is_remote
 from genrep.shards import (
     IMAGE_FORMATS,
     PAPER_SIDE,
@@ -54,9 +55,9 @@ REAL_IMAGE_SIZE = 128
 class Source:
     """An ordered list of units (shards or image files), each holding a known number of samples."""
 
-    def __init__(self, name: str, units: Sequence[Path], counts: Sequence[int]) -> None:
+    def __init__(self, name: str, units: Sequence[Any], counts: Sequence[int]) -> None:
         self.name = name
-        self.units = [Path(u) for u in units]
+        self.units = list(units)
         self.counts = np.asarray(counts, dtype=np.int64)
 
     @property
@@ -88,7 +89,8 @@ class Source:
 
 
 class ShardSource(Source):
-    """The shards of one or more genrep datasets, concatenated.
+    """The shards of one or more genrep datasets (in folders or at URLs), concatenated; each is
+    read up to its size in the manifest, and must have that size.
 
     `read` yields one raw sample per sample of the range and, where a shard is damaged, one
     placeholder (`__error__`, and `__count__`: the samples of the range it stands for) after what
@@ -102,7 +104,7 @@ class ShardSource(Source):
     def __init__(
         self,
         name: str,
-        units: Sequence[Path],
+        units: Sequence[Location],
         entries: Sequence[dict[str, Any]],
         expected: Sequence[Expected],
         verify: bool,
@@ -114,12 +116,14 @@ class ShardSource(Source):
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
         path = self.units[unit]
-        tag = f"{path.parent.name}/{path.name}"
+        # the dataset's name and the shard's: alike for a folder and its URL, so are the Tx seeds
+        tag = "/".join(str(path).rstrip("/").rsplit("/", 2)[-2:])
         delivered = 0
         if unit not in self.damaged:
             check = self.verify and unit not in self.verified
             try:
-                with ShardFile(path, self.entries[unit] if check else None) as shard:
+                entry = self.entries[unit]
+                with ShardFile(path, entry if check else None, entry["bytes"]) as shard:
                     for index, raw in enumerate(shard.samples()):
                         if index >= stop:
                             break
@@ -153,7 +157,7 @@ class ImageFileSource(Source):
     """A real image folder in ImageFolder layout (class sub-folders), one unit per file."""
 
     def __init__(self, root: Path, files: list[tuple[str, int]], classes: list[str]) -> None:
-        super().__init__(root.name, [f for f, _ in files], [1] * len(files))
+        super().__init__(root.name, [Path(f) for f, _ in files], [1] * len(files))
         self.root = root
         self.labels = [label for _, label in files]
         self.classes = classes
@@ -201,13 +205,15 @@ class DatasetInfo:
 
 
 def open_shard_folders(
-    folders: Sequence[str | Path], verify: bool = True
+    folders: Sequence[Location], verify: bool = True
 ) -> tuple[ShardSource, dict[str, Any]]:
     """Shards of the dataset folders (via their manifests) and what they hold in common."""
-    paths, entries, expected, manifests, names = [], [], [], [], []
+    paths: list[Location] = []
+    entries, expected, manifests, names = [], [], [], []
     for folder in folders:
         manifest, shard_paths = load_dataset(folder)  # a ManifestError is a DataError
-        names.append(find_dataset(folder).resolve().name)
+        remote = is_remote(folder)
+        names.append(dataset_name(str(folder)) if remote else find_dataset(folder).resolve().name)
         manifests.append(manifest)
         paths += shard_paths
         entries += manifest["shards"]
@@ -233,7 +239,7 @@ def open_shard_folders(
             f"these datasets store frames that App. A crops differently ({described}): train on "
             "datasets made with the same genrep-generate --frame and --size"
         )
-    summary = {
+    summary: dict[str, Any] = {
         "name": "+".join(names),
         "size": sum(counts),
         "image_size": max(frame.short_side for frame in frames.values()),
@@ -261,7 +267,7 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
 
 
 def open_data(
-    shard_folders: Sequence[str | Path],
+    shard_folders: Sequence[Location],
     real: str | Path | None,
     real_fraction: float | None,
     verify: bool = True,
