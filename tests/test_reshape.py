@@ -113,7 +113,7 @@ def test_output_rules(conditional, tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     line = one_line_error(shards("subset", conditional, "--n", 2, "--out", other), 2)
-    assert "holds no genrep dataset" in line and (other / "notes.txt").read_text() == "mine"
+    assert "it is not a genrep dataset" in line and (other / "notes.txt").read_text() == "mine"
     taken = tmp_path / "taken"
     ok("subset", conditional, "--n", 2, "--out", taken)
     line = one_line_error(shards("subset", conditional, "--n", 3, "--out", taken), 2)

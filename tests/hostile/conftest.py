@@ -1,5 +1,5 @@
-"""Fixtures of the hostile-input tests: a tiny dataset made once, copies a test may damage, and a
-deadline that turns a hang into a failure."""
+"""Fixtures of the hostile-input tests: a tiny dataset made once, copies a test may damage (read
+from their folder or a URL), and a deadline that turns a hang into a failure."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_generate
+from http_helpers import serve
 
 #: flags of the tiny dataset: 16 px embedded images, 4 shards of 2 anchors, 1 gaussian neighbor
 TINY = ["--model-option", "resolution=16", "--workers", "0", "--n", "8", "--shard-size", "2"]
@@ -26,6 +27,17 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def dataset(tiny_dataset: Path, tmp_path: Path) -> Path:
     """A copy of the tiny dataset that the test may damage."""
     return Path(shutil.copytree(tiny_dataset, tmp_path / "tiny"))
+
+
+@pytest.fixture(params=["folder", "url"])
+def where(request: pytest.FixtureRequest, dataset: Path) -> Iterator[str | Path]:
+    """`dataset` as a reader meets it: its folder, or served at a loopback http:// URL (the same
+    bounded readers must refuse the same damage either way)."""
+    if request.param == "folder":
+        yield dataset
+        return
+    with serve(dataset.parent) as server:
+        yield f"{server.url}/{dataset.name}"
 
 
 @pytest.fixture

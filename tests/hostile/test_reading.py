@@ -11,11 +11,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from http_helpers import serve
 from PIL import Image
 
 from genrep.errors import DataError, ManifestError, ShardFormatError
 from genrep.images import MAX_IMAGE_PIXELS, decode_image
-from genrep.manifest import MAX_MANIFEST_BYTES, read_manifest
+from genrep.manifest import MAX_MANIFEST_BYTES, dataset_at
 from genrep.shards import (
     MAX_HEADER_BYTES,
     MAX_MEMBER_BYTES,
@@ -81,10 +82,11 @@ def _gzip_of_first(folder):
     ],
     ids=["truncated", "empty-file", "empty-tar", "garbage", "zeros", "gzip", "bzip2"],
 )
-def test_damaged_or_compressed_tars_are_bad_in_verify(dataset, damage, recorded, problem):
-    """Even when the manifest records the bad file's checksum, what is in it is judged."""
+def test_damaged_or_compressed_tars_are_bad_in_verify(dataset, where, damage, recorded, problem):
+    """Even when the manifest records the bad file's checksum, what is in it is judged (in a
+    folder and at a URL)."""
     replace_shard(dataset, "shard-000000.tar", damage(dataset), record=recorded)
-    bad = bad_lines(cli(shards_main, "verify", dataset))
+    bad = bad_lines(cli(shards_main, "verify", where))
     assert list(bad) == ["shard-000000.tar"] and bad["shard-000000.tar"].startswith(problem)
 
 
@@ -98,15 +100,15 @@ def test_damaged_or_compressed_tars_are_bad_in_verify(dataset, damage, recorded,
         "shard-000009.tar",
     ],
 )
-def test_manifest_names_only_shards_of_the_dataset(dataset, name):
+def test_manifest_names_only_shards_of_the_dataset(dataset, where, name):
     edited = manifest(dataset)
     edited["shards"][0]["name"] = name
     write_manifest(dataset, edited)
     with pytest.raises(ManifestError, match="is damaged: .*shard"):
-        read_manifest(dataset)
-    for args in (["verify", dataset], ["inspect", dataset]):
+        dataset_at(where)
+    for args in (["verify", where], ["inspect", where]):
         assert "manifest.json is damaged" in only_line(cli(shards_main, *args), 1)
-    train = cli(train_main, dataset, "--steps", "1", "--out", dataset.parent / "run")
+    train = cli(train_main, where, "--steps", "1", "--out", dataset.parent / "run")
     assert "manifest.json is damaged" in only_line(train, 1)
     assert not (dataset.parent / "run").exists()
 
@@ -151,7 +153,7 @@ def test_an_image_is_decoded_only_by_its_extension_s_decoder(dataset):
     assert "undecodable image" in bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"]
 
 
-def test_a_member_over_the_cap_is_refused_unread(dataset):
+def test_a_member_over_the_cap_is_refused_unread(dataset, where):
     """The header claims more than MAX_MEMBER_BYTES: refused before any of it is read."""
     info = tarfile.TarInfo("000000000.anchor.jpg")
     info.size = MAX_MEMBER_BYTES + 1
@@ -159,7 +161,7 @@ def test_a_member_over_the_cap_is_refused_unread(dataset):
     replace_shard(dataset, "shard-000000.tar", data)
     assert (
         "over the 67108864 a shard member"
-        in bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"]
+        in bad_lines(cli(shards_main, "verify", where))["shard-000000.tar"]
     )
 
 
@@ -236,9 +238,9 @@ def test_malformed_manifests_are_one_line_everywhere(dataset, tmp_path, edit, pr
         ("\xff\xfe not utf-8", "not readable JSON"),
     ],
 )
-def test_manifest_json_that_is_not_strict_json_is_refused(dataset, text, problem):
+def test_manifest_json_that_is_not_strict_json_is_refused(dataset, where, text, problem):
     (dataset / "manifest.json").write_text(text, encoding="latin-1")
-    assert problem in only_line(cli(shards_main, "verify", dataset), 1)
+    assert problem in only_line(cli(shards_main, "verify", where), 1)
 
 
 def test_manifest_size_and_kind_are_bounded(dataset, deadline):
@@ -248,6 +250,11 @@ def test_manifest_size_and_kind_are_bounded(dataset, deadline):
     assert "larger than the 64 MiB a manifest may be" in only_line(
         cli(shards_main, "inspect", dataset), 1
     )
+    with serve(dataset.parent) as server:  # at a URL: the same cap, on the bytes streamed
+        url = f"{server.url}/{dataset.name}"
+        assert "larger than the 64 MiB a manifest may be" in only_line(
+            cli(shards_main, "inspect", url), 1
+        )
     (dataset / "manifest.json").unlink()
     os.mkfifo(dataset / "manifest.json")
     assert "manifest.json is a FIFO, not a regular file" in only_line(
