@@ -47,6 +47,12 @@ from genrep.train.config import TrainConfig
 from genrep.train.data import DatasetInfo, TrainingStream, ViewSpec, check_stream_sizes, open_data
 from genrep.train.model import TrainModel
 from genrep.train.objectives import OBJECTIVES
+from genrep.train.online import (
+    GeneratorStream,
+    check_online_flags,
+    generator_device,
+    open_generator,
+)
 from genrep.train.tx import build_recipe
 
 #: the cosine schedule ends at this fraction of the peak lr (eta_min of the released code)
@@ -264,7 +270,11 @@ def _train(
     hooks: Sequence[StepHook],
     log: Callable[[str], None],
 ) -> Path:
-    info = open_data(requested.shards, requested.real, requested.real_fraction)
+    check_online_flags(requested)
+    if requested.generator:
+        info = open_generator(requested, env.device, log)
+    else:
+        info = open_data(requested.shards, requested.real, requested.real_fraction)
     config = requested.resolve(info, env.world, env.device)
     workers = check_stream_sizes(info, env.world, config.workers, config.batch_size)
     if workers < config.workers:
@@ -446,7 +456,9 @@ def _loader(
             config.augment, config.input_size, info.train_side, real=True
         ),
     )
-    stream = TrainingStream(
+    generating_on = generator_device(info)
+    stream_type = TrainingStream if generating_on is None else GeneratorStream
+    stream = stream_type(
         info, spec, env.rank, env.world, config.local_batch_size, start, config.shuffle_buffer
     )
     return DataLoader(
@@ -454,4 +466,8 @@ def _loader(
         batch_size=config.local_batch_size,
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
+        # CUDA cannot be used in a forked process: workers that generate on it are spawned.
+        multiprocessing_context="spawn"
+        if workers and generating_on is not None and generating_on.type == "cuda"
+        else None,
     )
