@@ -241,7 +241,7 @@ class TrainConfig:
             **(
                 {}
                 if online
-                else {spec.name: None for spec in fields(self) if spec.metadata["online"]}
+                else {spec.name: None for spec in fields(self) if spec.metadata.get("online")}
             ),
             **self._effective_objective_options(objective.name),
         )
