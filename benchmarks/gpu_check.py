@@ -6,7 +6,8 @@
 Paths: BigGAN-deep-256 and StyleGAN2-256 forward passes in fp32/bf16/fp16 with channels_last;
 genrep-generate end to end against the forward passes alone (Pillow encoder pool, and JPEG on the
 GPU); steering-walk training; genrep-train of a ResNet-50 at 128 px in bf16 with channels_last
-(input pipeline alone, model step alone, end to end); a 1-process DDP run under torchrun (nccl on
+(input pipeline alone, model step alone, end to end), and online from the embedded generator
+(`--generator`) against it; a 1-process DDP run under torchrun (nccl on
 CUDA, gloo on CPU); the kNN probe's faiss GPU search against the torch engine; a tiny diffusers
 pipeline when diffusers is installed.
 
@@ -376,6 +377,31 @@ def check_training(check: Check) -> Path:
     return data
 
 
+def check_online(check: Check) -> None:
+    """genrep-train --generator on the samples of the training check's shards, generated while
+    training (by DataLoader workers spawned on CUDA), against that check's run from the shards."""
+    from genrep.train.cli import main as train_main
+
+    sizes = check.sizes
+    run = check.work / "online-run"
+    args = _train_args(check, check.work / "train-data", run, sizes.train_steps)[1:]
+    args += [
+        "--generator", "embedded",
+        "--generator-option", f"resolution={sizes.train_side}",
+        "--n", str(sizes.train_anchors),
+        "--shard-size", str(max(1, sizes.train_anchors // 8)),
+    ]  # fmt: skip
+    train_main.main(args, standalone_mode=False)
+    precision = "bf16" if check.on_gpu else "fp32"
+    record = json.loads((run / LOG).read_text().splitlines()[-1])
+    finite = math.isfinite(record["loss"])
+    check.add("genrep-train --generator", precision, "loss finite", finite, "", finite)
+    check.add("genrep-train --generator", precision, "end-to-end img/s", record["images_per_s"])
+    offline = json.loads((check.work / "train-run" / LOG).read_text().splitlines()[-1])
+    ratio = record["images_per_s"] / offline["images_per_s"]
+    check.add("genrep-train --generator", precision, "online / shards img/s", ratio)
+
+
 def check_ddp(check: Check, data: Path) -> None:
     """genrep-train under `torchrun --nproc-per-node 1`: a real process group (nccl on CUDA)."""
     run = check.work / "ddp-run"
@@ -538,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             check.run("train", lambda: data.append(check_training(check)))
             if data:
                 check.run("ddp", lambda: check_ddp(check, data[0]))
+                check.run("online", lambda: check_online(check))
         if "knn" in only:
             check.run("knn", lambda: check_knn(check))
         if "diffusers" in only:

@@ -28,6 +28,7 @@ def test_quick_cpu_run_checks_every_path(tmp_path, capsys):
         "train input vs step",
         "genrep-train",
         "torchrun 1 process (gloo)",
+        "genrep-train --generator",
         "knn faiss vs torch",
         "diffusers",
     ):
