@@ -126,7 +126,7 @@ def check_online_flags(config: TrainConfig) -> None:
         defaults = {spec.name: spec for spec in fields(config) if spec.metadata.get("online")}
         for name, spec in defaults.items():
             default = spec.default_factory() if callable(spec.default_factory) else spec.default
-            if getattr(config, name) != default:
+            if getattr(config, name) not in (None, default):  # None: a resolved run on shards
                 raise UsageError(
                     f"{flag_label(name)} is a flag of online training: add --generator MODEL, or "
                     f"drop {flag_label(name)} to train on shard folders"
