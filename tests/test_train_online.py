@@ -3,7 +3,6 @@ step, splits disjoint indices over ranks, and streams fresh samples with --strea
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from click.testing import CliRunner
-from test_train_loop import _free_port
+from test_train_loop import _ddp_rank, _free_port
 from train_helpers import generate
 
 from genrep.generate.pipeline import ShardGenerator
@@ -118,27 +117,12 @@ def test_online_run_resumes_at_the_step_without_regenerating_used_samples(tmp_pa
     assert 3 * 8 <= len(generated) <= 3 * 8 + 1
 
 
-def _ddp_rank(rank: int, world: int, port: int, args: list[str], out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    keys: list[str] = []
-    train(config_of(*args), hooks=[lambda _s, b: keys.extend(b["key"])], log=lambda _m: None)
-    torch.save(keys, f"{out}.{rank}")
-
-
 def test_ddp_ranks_stream_disjoint_fresh_samples(tmp_path):
     # 2 ranks, global batch 8, --n 24 per epoch, 2 epochs of fresh samples with --stream.
     args = ["--generator", "embedded", *SAMPLES, "--stream", *RUN[:-2], "--epochs", "2"]
     args += ["--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
     mp.spawn(_ddp_rank, args=(2, _free_port(), args, str(tmp_path / "keys")), nprocs=2)
-    ranks = [torch.load(tmp_path / f"keys.{rank}", weights_only=True) for rank in (0, 1)]
+    ranks = [torch.load(tmp_path / f"keys.{rank}", weights_only=True)["keys"] for rank in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 24  # 6 steps x 4 anchors per rank
     indices = [int(key.rsplit(":", 1)[1]) for keys in ranks for key in keys]
     assert len(set(indices)) == 48  # no sample twice, on any rank, in any epoch
