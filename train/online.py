@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import io
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -171,7 +171,9 @@ def plan_options(config: TrainConfig, device: torch.device) -> dict[str, Any]:
 
 
 def online_plan(
-    options: dict[str, Any], log: Any = lambda message: None, progress: bool = False
+    options: dict[str, Any],
+    log: Callable[[str], None] = lambda message: None,
+    progress: bool = False,
 ) -> Plan:
     """Stage 1's plan of the samples, with images kept as uncompressed PNG."""
     plan = make_plan(options, log=log, progress=progress)
@@ -180,7 +182,7 @@ def online_plan(
 
 
 def open_generator(
-    config: TrainConfig, device: torch.device, log: Any = lambda message: None
+    config: TrainConfig, device: torch.device, log: Callable[[str], None] = lambda message: None
 ) -> GeneratorInfo:
     """The training input of `genrep-train --generator`: what its samples are, as a dataset."""
     options = plan_options(config, device)
