@@ -13,7 +13,7 @@ from genrep.generate.models import GENERATORS
 from genrep.options import RegistryChoice, common_options, config_option, parse_key_values
 from genrep.remote import DatasetLocation
 from genrep.runs import EXPORT_FORMATS, export_backbone
-from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TrainConfig
+from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TX_PLACES, TrainConfig
 from genrep.train.objectives import OBJECTIVES
 from genrep.train.objectives.base import BASE_TEMPERATURE, PROJECTION_DIM, TEMPERATURE
 from genrep.train.trainer import train
@@ -108,6 +108,14 @@ def _takers(option: str) -> str:
     type=RegistryChoice(TX_RECIPES),
     default=TrainConfig.tx,
     help="Pixel augmentation recipe Tx.",
+)
+@click.option(
+    "--tx-on",
+    type=click.Choice(TX_PLACES),
+    default=TrainConfig.tx_on,
+    help="Where Tx runs: workers (DataLoader processes, per image, PIL) or device (batched on "
+    "the training device after the workers decoded the frames; CUDA: keeps a GPU fed) "
+    "[auto: device on CUDA, else workers; --real always uses workers].",
 )
 @click.option(
     "--augment/--no-augment",

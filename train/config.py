@@ -29,6 +29,9 @@ from genrep.train.tx import build_recipe
 #: the batch size at which --lr is given; the lr used scales linearly with the global batch
 LR_REFERENCE_BATCH = 256
 DEFAULT_EPOCHS = 20
+#: where Tx runs (--tx-on): in the DataLoader workers, per image with PIL, or batched on the
+#: training device after the workers decoded the stored frames; auto: the device when it is CUDA
+TX_PLACES = ("auto", "workers", "device")
 #: arguments of an objective's constructor before its options: feature width and dataset info
 OBJECTIVE_CONTEXT = 2
 
@@ -113,6 +116,7 @@ class TrainConfig:
     arch: str = "resnet50"
     tx: str = "genrep"
     augment: bool | None = None
+    tx_on: str = setting("auto", resumable=True)
     input_size: int | None = setting(None, at_least=1)
     views: int | None = setting(None, at_least=1)
     temperature: float | None = setting(None, objective_option=True, above=0)
@@ -223,6 +227,7 @@ class TrainConfig:
             tx=recipe.name,
             views=views,
             augment=augment,
+            tx_on=self._tx_place(augment, device),
             input_size=self.input_size or recipe.default_input_size(info.train_side),
             steps=self.steps or epochs * per_epoch,
             epochs=None if self.steps else epochs,
@@ -245,6 +250,21 @@ class TrainConfig:
             ),
             **self._effective_objective_options(objective.name),
         )
+
+    def _tx_place(self, augment: bool, device: torch.device) -> str:
+        """Where Tx runs: `device` only for augmented views of shards (real photos differ in size
+        and cannot be batched before their crop), `workers` when the flags leave it open on CPU."""
+        if self.tx_on not in TX_PLACES:
+            raise UsageError(f"--tx-on must be one of {', '.join(TX_PLACES)}, got {self.tx_on!r}")
+        if self.tx_on == "device" and self.real is not None:
+            raise UsageError(
+                "--tx-on device batches stored frames of one size; with --real pass --tx-on workers"
+            )
+        if not augment or self.real is not None:
+            return "workers"
+        if self.tx_on == "auto":
+            return "device" if device.type == "cuda" else "workers"
+        return self.tx_on
 
     def _effective_objective_options(self, objective: str) -> dict[str, Any]:
         """Each objective option as the objective will use it (its default when not given), None
