@@ -77,6 +77,8 @@ class Backbone:
     sha256: str
     feature_dim: int
     step: int | None = None
+    #: the training config of a run folder or checkpoint (None for a bare state dict)
+    training_config: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What a report records so that a result can be traced back to its weights."""
@@ -114,14 +116,14 @@ def fit_backbone(arch: str, state: dict[str, Any], source: str | os.PathLike) ->
     return model
 
 
-def _run_arch(run: Path) -> Any:
+def _run_config(run: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load((run / CONFIG).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise CheckpointError(f"cannot read {run / CONFIG}: {err}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{run / CONFIG} must be a YAML mapping holding `arch`")
-    return config.get("arch")
+    return config
 
 
 def _agree(requested: str | None, recorded: Any, where: Path) -> str:
@@ -141,7 +143,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
     `config.yaml`), a training `checkpoint.pt`, or a bare torchvision state dict (`arch` names
     its architecture, default resnet50)."""
     path = Path(path).resolve()
-    step = None
+    step, config = None, None
     if path.is_dir():
         weights = path / BACKBONE
         if not weights.is_file() or not (path / CONFIG).is_file():
@@ -149,7 +151,8 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
                 f"{path} is not a run folder: expected {BACKBONE} and {CONFIG} "
                 "(written by genrep-train --out)"
             )
-        arch = _agree(arch, _run_arch(path), path / CONFIG)
+        config = _run_config(path)
+        arch = _agree(arch, config.get("arch"), path / CONFIG)
         kind = "run-folder"
         state = load_tensors(weights, what="a backbone state dict", advice=_ADVICE)
     else:
@@ -160,14 +163,15 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
                 f"{path} holds a {type(loaded).__name__}, not a state dict; {_ADVICE}"
             )
         if "backbone" in loaded and isinstance(loaded.get("config"), dict):
-            arch = _agree(arch, loaded["config"].get("arch"), path)
+            config = loaded["config"]
+            arch = _agree(arch, config.get("arch"), path)
             kind, state = "training-checkpoint", loaded["backbone"]
             step = loaded.get("step") if isinstance(loaded.get("step"), int) else None
         else:
             arch = arch or DEFAULT_ARCH
             kind, state = "state-dict", loaded.get("state_dict", loaded)
     model = fit_backbone(arch, state, weights).eval().requires_grad_(False)
-    return Backbone(model, arch, path, kind, sha256_file(weights), model.feature_dim, step)
+    return Backbone(model, arch, path, kind, sha256_file(weights), model.feature_dim, step, config)
 
 
 def random_backbone(arch: str, seed: int) -> nn.Module:
