@@ -25,7 +25,7 @@ from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing
 from genrep.evaluate.protocols import PROTOCOLS
 from genrep.evaluate.protocols.linear import LinearProtocol
 from genrep.evaluate.protocols.voc07 import CLASSIFIERS
-from genrep.evaluate.provenance import provenance_note, trained_on
+from genrep.evaluate.provenance import encoder_data, provenance_note, trained_on
 from genrep.evaluate.report import (
     TABLE_FORMATS,
     build_report,
@@ -158,8 +158,8 @@ def _probe_help() -> str:
 @click.option(
     "--encoder-data",
     type=click.Choice(list(LinearProtocol.LR_BY_ENCODER_DATA)),
-    default=_default("linear", "encoder_data"),
-    help="linear: what the encoder was trained on; picks the paper's default --lr.",
+    help="linear: what the encoder was trained on; picks the paper's default --lr.  [default: "
+    "real for a run trained on --real images only, else generated]",
 )
 @click.option(
     "--epochs",
@@ -266,11 +266,14 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     protocol_name = options["protocol"] or (
         "voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear"
     )
-    protocol = PROTOCOLS.build(protocol_name, **_protocol_settings(ctx, protocol_name))
+    settings = _protocol_settings(ctx, protocol_name)
     device = resolve_device(options["device"])
     dataset = DATASETS.build(dataset_name, root=options["root"])
-    protocol.check_dataset(dataset)
     encoder = load_backbone(options["checkpoint"], options["arch"])
+    if "encoder_data" in settings and settings["encoder_data"] is None:
+        settings["encoder_data"] = encoder_data(encoder)
+    protocol = PROTOCOLS.build(protocol_name, **settings)
+    protocol.check_dataset(dataset)
     _log(
         f"encoder: {encoder.arch} from {encoder.path} ({encoder.kind}, sha256 {encoder.sha256[:12]}); "
         f"{dataset.summary()}"

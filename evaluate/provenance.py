@@ -120,6 +120,13 @@ def trained_on(encoder: Backbone) -> dict[str, Any] | None:
     return record
 
 
+def encoder_data(encoder: Backbone) -> str:
+    """`real` for an encoder trained on real images only (its linear probe takes the paper's lr
+    for real-data encoders), else `generated`."""
+    config = encoder.training_config or {}
+    return "real" if config.get("real") and not config.get("shards") else "generated"
+
+
 def provenance_note(record: dict[str, Any] | None) -> str | None:
     """A console line when the datasets a run names cannot be confirmed as the ones it trained on."""
     if record is None or not record["datasets"] or record["datasets_verified"]:

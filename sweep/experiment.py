@@ -217,7 +217,7 @@ class ExperimentReader:
         try:
             param.type.convert(value, param, ctx)
         except click.BadParameter as err:
-            raise self.fail(f"{stage}.{key}: {err.format_message()}") from None
+            raise self.fail(f"{stage}.{key}: {err.message}") from None
 
     def _dotted(self, key: str, value: Any, where: str) -> tuple[str, str, Any]:
         stage, dot, flag = key.partition(".")

@@ -25,7 +25,7 @@ import click
 
 from genrep.evaluate.report import read_report
 from genrep.manifest import read_manifest
-from genrep.sweep.experiment import STAGES, Axis, Experiment, stage_params
+from genrep.sweep.experiment import STAGES, Experiment, stage_params
 
 DATA, RUNS, REPORTS, LOGS = "data", "runs", "reports", "logs"
 #: the longest readable part of a folder name
@@ -97,24 +97,27 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _axis_stages(axis: Axis) -> set[str]:
-    return {
-        stage
-        for settings in axis.settings
-        for stage, flags in settings.items()
-        if flags is None or flags
-    }
+def _overrides(experiment: Experiment, choice: tuple[int, ...]) -> list[tuple[str, str, Any]]:
+    """(stage, flag, value) of every flag the cell's axis values set ("" for `generate: false`)."""
+    found = []
+    for axis, index in zip(experiment.axes, choice, strict=True):
+        for stage, flags in axis.settings[index].items():
+            items = [("", False)] if flags is None else flags.items()
+            found += [(stage, flag, value) for flag, value in items]
+    return found
 
 
-def _slug(cell_labels: dict[str, str], axes: list[Axis], stages: set[str]) -> str:
-    """The labels of the axes that decide a job (those setting one of `stages`), as a name."""
-    parts = []
-    for axis in axes:
-        if _axis_stages(axis) & stages:
-            label = cell_labels[axis.name]
-            parts.append(f"{short_name(axis.name)}{label}" if "." in axis.name else label)
-    text = re.sub(r"[^A-Za-z0-9.=+-]+", "-", "_".join(parts)).strip("-")
-    return text[:SLUG_LENGTH] or "base"
+def _slug(overrides: list[tuple[str, str, Any]], stages: set[str]) -> str:
+    """A readable name for a job: the flags the axes set for `stages`, e.g. `sigma0.2_seed1`."""
+    parts = [
+        f"{flag}{Path(value).name if isinstance(value, str) else _text(value)}"
+        if flag
+        else "no-data"
+        for stage, flag, value in overrides
+        if stage in stages
+    ]
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts)).strip("-")
+    return text[:SLUG_LENGTH].rstrip("-") or "base"
 
 
 def _option_args(param: click.Option, value: Any) -> list[str]:
@@ -171,18 +174,19 @@ class Planner:
     def __init__(self, experiment: Experiment, folder: Path) -> None:
         self.experiment = experiment
         self.folder = folder.resolve()
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[tuple[str, str], Job] = {}
 
     def _job(self, stage: str, key: Any, slug: str, make: Any) -> Job:
+        """The job of `key`, made (and named after the first cell that needs it) once."""
         digest = _digest(key)
-        job_id = f"{stage}-{slug}-{digest}"
-        if job_id not in self.jobs:
-            self.jobs[job_id] = make(job_id, f"{slug}-{digest}")
-        return self.jobs[job_id]
+        if (stage, digest) not in self.jobs:
+            self.jobs[stage, digest] = make(f"{stage}-{slug}-{digest}", f"{slug}-{digest}")
+        return self.jobs[stage, digest]
 
     def cell(self, index: int, choice: tuple[int, ...]) -> Cell:
         axes = list(self.experiment.axes)
         labels = {a.name: a.labels[i] for a, i in zip(axes, choice, strict=True)}
+        overrides = _overrides(self.experiment, choice)
         values = {a.name: a.values[i] for a, i in zip(axes, choice, strict=True)}
         settings = _cell_settings(self.experiment, choice)
         dataset = None
@@ -191,7 +195,7 @@ class Planner:
             dataset = self._job(
                 "generate",
                 generate,
-                _slug(labels, axes, {"generate"}),
+                _slug(overrides, {"generate"}),
                 lambda job_id, name: Job(
                     "generate",
                     job_id,
@@ -204,7 +208,7 @@ class Planner:
         run = self._job(
             "train",
             {"data": dataset.id if dataset else None, "train": train},
-            _slug(labels, axes, {"generate", "train"}),
+            _slug(overrides, {"generate", "train"}),
             lambda job_id, name: Job(
                 "train",
                 job_id,
@@ -218,7 +222,7 @@ class Planner:
         report = self._job(
             "probe",
             {"run": run.id, "probe": settings["probe"]},
-            _slug(labels, axes, set(STAGES)),
+            _slug(overrides, set(STAGES)),
             lambda job_id, name: Job(
                 "probe",
                 job_id,
@@ -239,8 +243,8 @@ class Planner:
         for job in self.jobs.values():
             job.argv += _outputs(job, cells)
         order = {stage: i for i, stage in enumerate(STAGES)}
-        jobs = dict(sorted(self.jobs.items(), key=lambda item: order[item[1].stage]))
-        return Plan(self.folder, cells, jobs)
+        jobs = sorted(self.jobs.values(), key=lambda job: order[job.stage])
+        return Plan(self.folder, cells, {job.id: job for job in jobs})
 
 
 def _outputs(job: Job, cells: list[Cell]) -> list[str]:
