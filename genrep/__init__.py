@@ -5,4 +5,4 @@ stage 2 (`genrep.train`) learns an encoder from them, stage 3 (`genrep.evaluate`
 The shard format (`genrep.shards`, `genrep.manifest`) is the contract every stage shares.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
