@@ -132,7 +132,7 @@ def main(
         if info.neighbors < 1:
             raise click.UsageError(f"{data} has no neighbor views; pass a dataset made with a view")
         recipe = build_recipe("genrep")
-        input_size = recipe.default_input_size(info.image_size)
+        input_size = recipe.default_input_size(info.train_side)
         transform = recipe.augment(input_size)
         samples = info.epoch_size
         if samples < batch_size:

@@ -5,8 +5,8 @@ training lifted the metric above what the architecture gives for free.
 A baseline is computed once and kept under `$GENREP_HOME/baselines`, keyed by everything its number
 depends on: the random weights themselves (their hash pins the architecture, the seed and torch's
 initialisation), the protocol and its resolved settings, the dataset's identity, the preprocessing,
-the device type and the genrep and torch versions. Concurrent probes of one sweep wait for each
-other on a lock instead of computing it twice.
+the precision, the device type and the genrep and torch versions. Concurrent probes of one sweep
+wait for each other on a lock instead of computing it twice.
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ def baseline_key(inputs: FrozenFeatures, protocol: Protocol, seed: int) -> dict[
         "protocol": protocol.name,
         "settings": protocol.settings(inputs.dataset),
         "dataset": inputs.dataset.identity(),
+        # where each setting came from does not change the number
         "preprocessing": {
-            "size": inputs.preprocessing.size,
-            "crop_fraction": inputs.preprocessing.crop_fraction,
-            "eval_transform": inputs.preprocessing.eval_key(),
+            name: value for name, value in inputs.preprocessing.describe().items() if name != "from"
         },
+        "precision": inputs.precision,
         "device_type": inputs.device.type,
         "genrep_version": __version__,
         "torch_version": torch.__version__,

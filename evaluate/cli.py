@@ -35,7 +35,13 @@ from genrep.evaluate.report import (
     summary_line,
     write_report,
 )
-from genrep.options import RegistryChoice, common_options, config_option, resolve_device
+from genrep.options import (
+    RegistryChoice,
+    common_options,
+    config_option,
+    resolve_device,
+    resolve_precision,
+)
 from genrep.paths import baselines_dir, features_dir
 from genrep.runs import DEFAULT_ARCH, load_backbone
 
@@ -130,15 +136,24 @@ def _probe_help() -> str:
     help=f"torchvision model of a bare state dict.  [default: from the run config, else {DEFAULT_ARCH}]",
 )
 @click.option(
-    "--size", type=click.IntRange(min=16), default=128, help="Encoder input size in pixels."
+    "--size",
+    type=click.IntRange(min=16),
+    help="Encoder input size in pixels.  [default: voc07: 224 (the released transfer code); "
+    "else the encoder's training input size from its run config, 112 for a bare state dict]",
 )
 @click.option(
     "--crop-fraction",
     type=click.FloatRange(0, 1, min_open=True),
-    default=0.875,
-    help="Evaluation images are resized to size/crop-fraction, then center-cropped.",
+    help="Evaluation images are resized to size/crop-fraction, then center-cropped.  "
+    "[default: 0.875; voc07: 1]",
 )
-@common_options(device=True, workers=True)
+@click.option(
+    "--crop-scale",
+    type=FloatList(),
+    help="linear: area range MIN,MAX of the random-resized crop.  [default: that of the "
+    "encoder's Tx recipe (genrep: 0.2,1; simclr: 0.08,1), 0.2,1 for a bare state dict]",
+)
+@common_options(device=True, precision=True, workers=True)
 @click.option(
     "--extract-batch-size",
     type=click.IntRange(min=1),
@@ -254,6 +269,12 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _crop_scale(value: tuple[float, ...] | None) -> tuple[float, float] | None:
+    if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+        raise UsageError(f"--crop-scale takes MIN,MAX with 0 < MIN <= MAX <= 1, got {value}")
+    return value
+
+
 def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     """Resolve the flags into encoder, dataset and protocol, run it and return the report."""
     started = time.perf_counter()
@@ -268,6 +289,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     )
     settings = _protocol_settings(ctx, protocol_name)
     device = resolve_device(options["device"])
+    precision = resolve_precision(options["precision"], device)
     dataset = DATASETS.build(dataset_name, root=options["root"])
     encoder = load_backbone(options["checkpoint"], options["arch"])
     if "encoder_data" in settings and settings["encoder_data"] is None:
@@ -279,13 +301,22 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         f"{dataset.summary()}"
     )
     cache_dir = options["cache_dir"] or features_dir()
-    preprocessing = Preprocessing(options["size"], options["crop_fraction"])
+    preprocessing = Preprocessing.resolve(
+        encoder.training_config,
+        protocol.input_size,
+        protocol.crop_fraction,
+        options["size"],
+        options["crop_fraction"],
+        _crop_scale(options["crop_scale"]),
+    )
+    _log(preprocessing.summary())
     inputs = FrozenFeatures(
         encoder,
         dataset,
         preprocessing,
         device,
         FeatureCache(cache_dir),
+        precision=precision,
         batch_size=options["extract_batch_size"],
         workers=options["workers"],
         log=_log,
@@ -306,6 +337,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         "root": dataset.root,
         "protocol": protocol_name,
         "device": str(device),
+        "precision": precision,
         "cache_dir": cache_dir.resolve(),
         "out": out.resolve() if out else None,
     }
@@ -318,11 +350,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         settings=protocol.settings(dataset),
         checkpoint=encoder.identity(),
         dataset=dataset.identity(),
-        preprocessing={
-            "size": preprocessing.size,
-            "crop_fraction": preprocessing.crop_fraction,
-            "eval_transform": preprocessing.eval_key(),
-        },
+        preprocessing=preprocessing.describe(),
         config=to_plain(config),
         seconds=time.perf_counter() - started,
         baseline=baseline,

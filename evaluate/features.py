@@ -25,7 +25,7 @@ from tqdm import tqdm
 from genrep.encoders import IMAGENET_MEAN, IMAGENET_STD
 from genrep.evaluate.datasets import ProbeDataset
 from genrep.io import atomic_open, atomic_write_bytes
-from genrep.options import default_workers
+from genrep.options import autocast_dtype, default_workers
 from genrep.runs import Backbone
 
 
@@ -35,8 +35,10 @@ def encode_batches(
     device: torch.device,
     total: int | None = None,
     desc: str = "features",
+    dtype: torch.dtype | None = None,
 ) -> Iterable[tuple[torch.Tensor, Any]]:
-    """Yield (features on `device`, labels) for each (images, labels) batch, encoder frozen."""
+    """Yield (float32 features on `device`, labels) for each (images, labels) batch, encoder
+    frozen, under autocast to `dtype` when given (`--precision`)."""
     # channels_last is the fast convolution layout for cuDNN and for oneDNN on CPU alike.
     model.to(device, memory_format=torch.channels_last).eval()
     with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as progress:
@@ -44,7 +46,13 @@ def encode_batches(
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=torch.channels_last
             )
-            with torch.no_grad():  # not inference_mode: the linear probe trains on these features
+            # not inference_mode: the linear probe trains on these features
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+                ),
+            ):
                 features = model(images).float()
             progress.update(len(images))
             yield features, labels
@@ -56,20 +64,79 @@ def extract_features(
     device: torch.device,
     total: int | None = None,
     desc: str = "features",
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Features of every image in `batches`, in order, as a float32 [N, D] array."""
-    chunks = [f.cpu().numpy() for f, _ in encode_batches(model, batches, device, total, desc)]
+    encoded = encode_batches(model, batches, device, total, desc, dtype)
+    chunks = [f.cpu().numpy() for f, _ in encoded]
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+#: how an encoder without a genrep training config is probed: as genrep-train's default recipe
+#: trains, which is the released probe (main_linear.py: RandomResizedCrop(112, scale 0.2-1) for
+#: training, Resize 128 / CenterCrop 112 for evaluation)
+DEFAULT_SIZE = 112
+DEFAULT_CROP_FRACTION = 0.875
+DEFAULT_CROP_SCALE = (0.2, 1.0)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Encoder input size and the two image pipelines of the paper's linear evaluation."""
+    """Encoder input size and the two image pipelines of the paper's linear evaluation.
 
-    size: int = 128
-    crop_fraction: float = (
-        0.875  # evaluation resizes the short side to size / crop_fraction, then center-crops
-    )
+    `origin` says where each setting came from (the flag, the encoder's training config, the
+    protocol, or the default), for the report.
+    """
+
+    size: int = DEFAULT_SIZE
+    #: evaluation resizes the short side to size / crop_fraction, then center-crops
+    crop_fraction: float = DEFAULT_CROP_FRACTION
+    #: area range of the linear probe's random-resized crop
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+    origin: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def resolve(
+        cls,
+        training_config: dict[str, Any] | None,
+        protocol_size: int | None = None,
+        protocol_crop_fraction: float | None = None,
+        size: int | None = None,
+        crop_fraction: float | None = None,
+        crop_scale: tuple[float, float] | None = None,
+    ) -> Preprocessing:
+        """Each setting from its flag, else the protocol's own (VOC07: the released transfer
+        code's 224 px), else the encoder's training config (its `input_size`, its Tx recipe's
+        crop scale), else the defaults."""
+        trained = training_config or {}
+        recipe_scale = None
+        if trained.get("tx") is not None:
+            from genrep.train.tx import TX_RECIPES
+
+            if trained["tx"] in TX_RECIPES.names():
+                recipe_scale = tuple(TX_RECIPES.get(trained["tx"]).crop_scale)
+        chosen, origin = {}, {}
+        for name, candidates in {
+            "size": [
+                ("flag", size),
+                ("protocol", protocol_size),
+                ("training config", trained.get("input_size")),
+                ("default", DEFAULT_SIZE),
+            ],
+            "crop_fraction": [
+                ("flag", crop_fraction),
+                ("protocol", protocol_crop_fraction),
+                ("default", DEFAULT_CROP_FRACTION),
+            ],
+            "crop_scale": [
+                ("flag", crop_scale),
+                ("training config", recipe_scale),
+                ("default", DEFAULT_CROP_SCALE),
+            ],
+        }.items():
+            origin[name], chosen[name] = next((o, v) for o, v in candidates if v is not None)
+        chosen["crop_scale"] = tuple(float(x) for x in chosen["crop_scale"])
+        return cls(**chosen, origin=origin)
 
     @property
     def resize(self) -> int:
@@ -88,7 +155,7 @@ class Preprocessing:
     def train_transform(self) -> Callable:
         return transforms.Compose(
             [
-                transforms.RandomResizedCrop(self.size),
+                transforms.RandomResizedCrop(self.size, scale=self.crop_scale),
                 transforms.RandomHorizontalFlip(),
                 transforms.ToTensor(),
                 transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -98,6 +165,27 @@ class Preprocessing:
     def eval_key(self) -> str:
         """Names the evaluation transform in the feature cache key and the report."""
         return f"resize{self.resize}-centercrop{self.size}-bilinear-imagenet-norm"
+
+    def summary(self) -> str:
+        """One line for the log."""
+        low, high = self.crop_scale
+        return (
+            f"input {self.size} px ({self.origin.get('size', 'set')}): evaluation resize "
+            f"{self.resize} + center crop {self.size}; linear training crop scale {low:g}-{high:g} "
+            f"({self.origin.get('crop_scale', 'set')})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What the report records: the sizes, both pipelines, and where the settings came from."""
+        low, high = self.crop_scale
+        return {
+            "size": self.size,
+            "crop_fraction": self.crop_fraction,
+            "crop_scale": [low, high],
+            "eval_transform": self.eval_key(),
+            "train_transform": f"randomresizedcrop{self.size}-scale{low:g}-{high:g}-flip",
+            "from": dict(self.origin),
+        }
 
 
 class FeatureCache:
@@ -142,6 +230,8 @@ class FrozenFeatures:
     preprocessing: Preprocessing
     device: torch.device
     cache: FeatureCache | None = None
+    #: resolved --precision of the encoder's forward passes
+    precision: str = "fp32"
     batch_size: int = 256
     workers: int = field(default_factory=default_workers)
     log: Callable[[str], None] = field(default=lambda message: None)
@@ -170,7 +260,12 @@ class FrozenFeatures:
             "dataset": self.dataset.identity(),
             "split": split,
             "transform": self.preprocessing.eval_key(),
+            "precision": self.precision,
         }
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return autocast_dtype(self.precision)
 
     def eval_features(self, split: str) -> np.ndarray:
         """Center-crop features of `split` [N, D], from the cache when they were computed before."""
@@ -185,6 +280,7 @@ class FrozenFeatures:
             self.device,
             total=rows,
             desc=f"{split} features",
+            dtype=self.autocast_dtype,
         )
         if self.cache:
             self.log(

@@ -11,6 +11,7 @@ import click
 
 from genrep.errors import Command, OutputError
 from genrep.generate.edits import EDIT_NAMES, EDITS
+from genrep.generate.image_encoders import DEFAULT_ENCODER, IMAGE_ENCODERS
 from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.pipeline import DEFAULT_CROP, generate, make_plan
 from genrep.generate.steer import LR_SCHEDULES, OPTIMIZERS, SteerConfig, learn_walks
@@ -35,14 +36,18 @@ def _log(message: str) -> None:
 def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None):
     if value is None:
         return None
-    start, sep, stop = str(value).partition(":")
+    parts = str(value).split(":")
     try:
-        bounds = (int(start or 0), int(stop) if stop else 2**62)
+        start = int(parts[0] or 0)
+        stop = int(parts[1]) if len(parts) > 1 and parts[1] else 2**62
+        step = int(parts[2]) if len(parts) > 2 and parts[2] else 1
     except ValueError:
-        bounds = None
-    if not sep or bounds is None or not 0 <= bounds[0] < bounds[1]:
-        raise click.BadParameter(f"{value!r} is not START:STOP (shard numbers, STOP exclusive)")
-    return bounds
+        parts = []
+    if not 2 <= len(parts) <= 3 or not 0 <= start < stop or step < 1:
+        raise click.BadParameter(
+            f"{value!r} is not START:STOP or START:STOP:STEP (shard numbers, STOP exclusive)"
+        )
+    return range(start, stop, step)
 
 
 def generator_options(command: Callable) -> Callable:
@@ -84,6 +89,14 @@ def generator_options(command: Callable) -> Callable:
     default=None,
     help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
 )
+@click.option(
+    "--step-scale",
+    multiple=True,
+    callback=parse_key_values,
+    metavar="EDIT=SCALE",
+    help="View steer: multiply the latent step of an edit's walks, repeatable [default: "
+    "rotate_3d=5, as the released generation; rotate_3d=1 steps as the walk was learned].",
+)
 @click.option("--n", type=int, default=None, help="Number of anchors.")
 @click.option("--neighbors", type=int, default=1, help="Neighbor views stored per anchor.")
 @click.option(
@@ -124,14 +137,23 @@ def generator_options(command: Callable) -> Callable:
 )
 @click.option("--format", "format_", type=click.Choice(IMAGE_FORMATS), default="jpg")
 @click.option("--quality", type=int, default=95, help="jpg/webp quality.")
+@click.option(
+    "--encoder",
+    type=RegistryChoice(IMAGE_ENCODERS),
+    default=DEFAULT_ENCODER,
+    help="pil: Pillow in --workers CPU processes (any format). torchvision: JPEG encoded where the "
+    "images are (nvJPEG on a CUDA GPU, no CPU pool). Part of the dataset's identity: its bytes "
+    "differ between encoders.",
+)
 @click.option("--shard-size", type=int, default=1000, help="Anchors per shard.")
 @click.option(
     "--shards",
     "shard_range",
     default=None,
     callback=_shard_range,
-    metavar="START:STOP",
-    help="Write only these shards (split work across machines).",
+    metavar="START:STOP[:STEP]",
+    help="Write only these shards (split work across machines; STEP > 1 writes every STEP-th, "
+    "e.g. to sample a large dataset's cost).",
 )
 @click.option("--batch-size", type=int, default=64, help="Images per generator forward pass.")
 @common_options(device=True, precision=True, workers=True, progress=True)
@@ -141,7 +163,7 @@ def generator_options(command: Callable) -> Callable:
 def main(
     list_names: bool,
     progress: bool,
-    shard_range: tuple[int, int] | None,
+    shard_range: range | None,
     format_: str,
     **options: Any,
 ) -> None:
@@ -260,7 +282,7 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
     help="Latents of the fixed batch the initial and final losses are measured on.",
 )
 @click.option("--seed", type=int, default=0)
-@common_options(device=True, progress=True)
+@common_options(device=True, precision=True, progress=True)
 @click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
 @click.option(
     "--resume/--no-resume",

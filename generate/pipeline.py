@@ -27,21 +27,15 @@ from tqdm import tqdm
 
 from genrep.config import to_plain
 from genrep.errors import OutputError, UsageError
+from genrep.generate.image_encoders import ImageEncoder, build_encoder
 from genrep.generate.models.base import Generator, build_generator, file_label
 from genrep.generate.steer import cached_walks, check_steerable
 from genrep.generate.views.base import VIEWS, View, build_view
 from genrep.io import atomic_open, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
 from genrep.manifest import check_identity, new_manifest, read_manifest, update_manifest
-from genrep.options import autocast_dtype, resolve_device, resolve_precision
-from genrep.shards import (
-    FRAMES,
-    IMAGE_FORMATS,
-    encode_images,
-    encode_sample,
-    shard_name,
-    write_shard,
-)
+from genrep.options import SlowJobWarning, autocast_dtype, resolve_device, resolve_precision
+from genrep.shards import FRAMES, IMAGE_FORMATS, encode_sample, shard_name, write_shard
 
 #: side of the square that --frame center-crop/resize store unless --size says otherwise (the
 #: paper's 128 px training images)
@@ -64,6 +58,7 @@ class Plan:
     stored: tuple[int, int]
     image_format: str
     quality: int
+    encoder: ImageEncoder
     shard_size: int
     precision: str
     out: Path
@@ -105,6 +100,7 @@ class Plan:
             "native_height": native_height,
             "format": self.image_format,
             "quality": self.quality,
+            "encoder": self.encoder.identity(),
         }
 
 
@@ -160,7 +156,12 @@ def make_plan(
         if walks is None:
             walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
-        view_name, generator, truncation=truncation, sigma=options.get("sigma"), walks=walks
+        view_name,
+        generator,
+        truncation=truncation,
+        sigma=options.get("sigma"),
+        walks=walks,
+        step_scale=options.get("step_scale") or None,
     )
     neighbors = options.get("neighbors", 1) if view.has_neighbors else 0
     if view.has_neighbors and neighbors < 1:
@@ -174,6 +175,7 @@ def make_plan(
     quality = options.get("quality", 95)
     if not 1 <= quality <= 100:
         raise UsageError(f"--quality must be in 1..100, got {quality}")
+    encoder = build_encoder(options.get("encoder") or "pil", fmt, quality, generator.device)
     shard_size = options.get("shard_size", 1000)
     if shard_size <= 0:
         raise UsageError(f"--shard-size must be > 0, got {shard_size}")
@@ -190,6 +192,7 @@ def make_plan(
         stored=stored,
         image_format=fmt,
         quality=quality,
+        encoder=encoder,
         shard_size=shard_size,
         precision=precision,
         out=out,
@@ -255,8 +258,9 @@ def stored_size(frame: str, size: int | None, native: tuple[int, int]) -> tuple[
     return (side, side)
 
 
-def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> np.ndarray:
-    """[-1, 1] NCHW images -> N x H x W x 3 uint8 of the stored size (see `stored_size`)."""
+def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> torch.Tensor:
+    """[-1, 1] NCHW images -> N x 3 x H x W uint8 of the stored size (see `stored_size`), on the
+    images' device."""
     images = images.float()
     height, width = images.shape[-2:]
     if frame == "full":
@@ -273,8 +277,7 @@ def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> np.nd
         height, width = target
     top, left = (height - stored[0]) // 2, (width - stored[1]) // 2
     images = images[..., top : top + stored[0], left : left + stored[1]]
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 class _ShardJob:
@@ -312,13 +315,15 @@ class ShardGenerator:
         self.progress, self.on_shard = progress, on_shard
         self.device = plan.generator.device
         self.autocast_dtype = autocast_dtype(plan.precision)
+        if self.device.type == "cuda":  # cuDNN's fast layout for convolutions (and with autocast)
+            plan.generator.to(memory_format=torch.channels_last)
 
     def run(self, shards: Sequence[int]) -> int:
         """Generate and write `shards`; returns the number of images generated."""
         plan = self.plan
         total = sum(len(plan.shard_indices(k)) for k in shards) * (1 + plan.neighbors)
         pool = None
-        if self.workers > 0:
+        if self.workers > 0 and plan.encoder.uses_pool:
             context = multiprocessing.get_context(
                 "spawn" if sys.platform == "darwin" else "forkserver"
             )
@@ -331,9 +336,22 @@ class ShardGenerator:
             dynamic_ncols=True,
             desc=f"generate {plan.out.name}",
         )
+        # The first batch's rate x the images left (generation dominates; encoding overlaps it).
+        slow = SlowJobWarning(
+            self.device, total, f"generating {total} images", measure=min(self.batch_size, total)
+        )
+
+        done = 0
+
+        def advance(images: int) -> None:
+            nonlocal done
+            done += images
+            bar.update(images)
+            slow.update(done)
+
         try:
             for k in shards:
-                pending.append(self._generate_shard(k, pool, bar))
+                pending.append(self._generate_shard(k, pool, advance))
                 # Keep at most one finished-but-unwritten shard: memory stays flat as n grows,
                 # while its encoding overlaps the next shard's forward passes.
                 while len(pending) > 1:
@@ -356,7 +374,9 @@ class ShardGenerator:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return generator(z_t, y_t)
 
-    def _generate_shard(self, k: int, pool: futures.Executor | None, bar: tqdm) -> _ShardJob:
+    def _generate_shard(
+        self, k: int, pool: futures.Executor | None, advance: Callable[[int], None]
+    ) -> _ShardJob:
         plan = self.plan
         job = _ShardJob(k, plan.shard_indices(k))
         job.latents = [sample_latents(plan, i) for i in job.indices]
@@ -371,13 +391,8 @@ class ShardGenerator:
                 z_all[start:stop], None if labels is None else labels[start:stop]
             )
             pixels = to_uint8(images, plan.frame, plan.stored)
-            if pool is None:
-                job.parts.append(encode_images(pixels, plan.image_format, plan.quality))
-            else:
-                job.parts.append(
-                    pool.submit(encode_images, pixels, plan.image_format, plan.quality)
-                )
-            bar.update(len(pixels))
+            job.parts.append(plan.encoder.encode(pixels, pool))
+            advance(len(pixels))
         return job
 
     def _write(self, job: _ShardJob) -> None:
@@ -450,19 +465,20 @@ def base_manifest(plan: Plan) -> dict[str, Any]:
     )
 
 
-def my_shards(plan: Plan, shard_range: tuple[int, int] | None = None) -> list[int]:
-    """The shard numbers this process writes: the `--shards` range, split across torchrun ranks."""
-    start, stop = shard_range or (0, plan.num_shards)
-    stop = min(stop, plan.num_shards)
+def my_shards(plan: Plan, shard_range: range | None = None) -> list[int]:
+    """The shard numbers this process writes: the `--shards` range (past the last shard: cut),
+    dealt out in turn to the torchrun ranks."""
+    selected = shard_range or range(plan.num_shards)
+    selected = range(selected.start, min(selected.stop, plan.num_shards), selected.step)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return [k for k in range(start, stop) if k % world == rank]
+    return list(selected[rank::world])
 
 
 def generate(
     plan: Plan,
     batch_size: int = 64,
     workers: int = 2,
-    shard_range: tuple[int, int] | None = None,
+    shard_range: range | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from genrep.generate.walks import (
 )
 from genrep.io import atomic_torch_save, locked, remove_stale_tmp
 from genrep.latents import sample_rng, truncated_normal
+from genrep.options import PRECISIONS, SlowJobWarning, autocast_dtype, resolve_precision
 
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -98,6 +100,8 @@ class SteerConfig:
     seed: int = 0
     #: size of the fixed batch on which the initial and final losses are measured
     eval_size: int = 64
+    #: autocast of the generator's forward passes (`auto`: bf16 on CUDA, fp32 elsewhere)
+    precision: str = "auto"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +133,11 @@ class SteerConfig:
                 f"--truncation must be > 0, got {self.truncation}",
             ),
             (self.eval_size > 0, f"--eval-size must be > 0, got {self.eval_size}"),
+            (
+                self.precision == "auto" or self.precision in PRECISIONS,
+                f"--precision must be auto or one of {', '.join(PRECISIONS)}, got "
+                f"{self.precision!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,6 +171,7 @@ class _Batches:
     def __init__(self, generator: Generator, config: SteerConfig) -> None:
         self.generator, self.config = generator, config
         self.device = generator.device
+        self.dtype = autocast_dtype(resolve_precision(config.precision, self.device))
         self.ranges = config.ranges()
         self.truncation = (
             generator.default_truncation if config.truncation is None else config.truncation
@@ -181,16 +191,28 @@ class _Batches:
         alphas = {name: torch.from_numpy(value).to(self.device) for name, value in alphas.items()}
         return torch.from_numpy(z).to(self.device), y, alphas, steps
 
+    @contextmanager
+    def autocast(self) -> Iterator[None]:
+        """The generator's forward passes at the run's precision (edits and loss stay fp32)."""
+        with torch.autocast(
+            self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        ):
+            yield
+
     @torch.no_grad()
     def targets(self, z, y, alphas) -> tuple[torch.Tensor, torch.Tensor]:
-        return apply_edits(self.generator(z, y).float(), alphas)
+        with self.autocast():
+            images = self.generator(z, y)
+        return apply_edits(images.float(), alphas)
 
 
-def _loss(generator: Generator, walks: torch.Tensor, z, y, steps, target, mask) -> torch.Tensor:
-    return masked_mse(generator(z + steps @ walks, y).float(), target, mask)
+def _loss(batches: _Batches, walks: torch.Tensor, z, y, steps, target, mask) -> torch.Tensor:
+    with batches.autocast():
+        images = batches.generator(z + steps @ walks, y)
+    return masked_mse(images.float(), target, mask)
 
 
-def _evaluate(generator: Generator, walks: torch.Tensor, batches: _Batches) -> float:
+def _evaluate(walks: torch.Tensor, batches: _Batches) -> float:
     """Masked MSE of `walks` on the fixed evaluation batch (in chunks of the batch size)."""
     z, y, alphas, steps = batches.draw(0, batches.config.eval_size, _EVAL_STREAM)
     total, count, chunk = 0.0, 0.0, batches.config.batch_size
@@ -201,7 +223,7 @@ def _evaluate(generator: Generator, walks: torch.Tensor, batches: _Batches) -> f
             target, mask = batches.targets(z[part], y_part, {k: v[part] for k, v in alphas.items()})
             valid = float(mask.sum()) * target.shape[1]
             total += (
-                float(_loss(generator, walks, z[part], y_part, steps[part], target, mask)) * valid
+                float(_loss(batches, walks, z[part], y_part, steps[part], target, mask)) * valid
             )
             count += valid
     return total / max(count, 1.0)
@@ -233,6 +255,9 @@ def learn_walks(
     Returns the walk record that was written.
     """
     check_steerable(generator)
+    config = dataclasses.replace(
+        config, precision=resolve_precision(config.precision, generator.device)
+    )
     if checkpoint_every <= 0:
         raise UsageError(f"--checkpoint-every must be > 0, got {checkpoint_every}")
     out = Path(out)
@@ -286,7 +311,7 @@ def learn_walks(
     # Gradients flow into the walks through the generator, even if a caller holds inference mode.
     with torch.inference_mode(False), torch.enable_grad():
         if initial is None:
-            initial = _evaluate(generator, walks, batches)
+            initial = _evaluate(walks, batches)
         bar = tqdm(
             total=config.steps,
             initial=min(start, config.steps),
@@ -295,6 +320,10 @@ def learn_walks(
             dynamic_ncols=True,
             desc=f"steer {generator.name}",
         )
+        # Steps left x the time of a step (the first one, which warms up allocators, excluded).
+        slow = SlowJobWarning(
+            device, config.steps - start, f"learning walks for {config.steps - start} steps", skip=1
+        )
         step = start
         try:
             for step in range(start, config.steps):
@@ -302,12 +331,13 @@ def learn_walks(
                     group["lr"] = config.lr * LR_SCHEDULES[config.lr_schedule](step, config.steps)
                 z, y, alphas, steps = batches.draw(step, config.batch_size, _TRAIN_STREAM)
                 target, mask = batches.targets(z, y, alphas)
-                loss = _loss(generator, walks, z, y, steps, target, mask)
+                loss = _loss(batches, walks, z, y, steps, target, mask)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 bar.update()
+                slow.update(step + 1 - start)
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
                 if (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
                     save_checkpoint(step + 1)
@@ -318,7 +348,7 @@ def learn_walks(
             raise
         finally:
             bar.close()
-        final = _evaluate(generator, walks, batches)
+        final = _evaluate(walks, batches)
 
     record = {
         "format": WALKS_FORMAT,

@@ -9,6 +9,7 @@ the same one-line error everywhere.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,45 @@ def warn_if_slow_on_cpu(device: torch.device, seconds: float, what: str) -> None
             f"{what} runs on the CPU and should take about {seconds / 3600:.1f} h; "
             "a CUDA GPU (--device auto or cuda) is much faster"
         )
+
+
+class SlowJobWarning:
+    """Warns once, early in a job, when it runs on the CPU and will take over an hour.
+
+    The job reports how many of its `total` units (images, steps) are done; after `skip` units
+    (start-up: worker processes, first-call overheads) it starts a clock, and once `measure` more
+    are done it projects the rate onto the units left and calls `warn_if_slow_on_cpu`.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        total: int,
+        what: str,
+        *,
+        skip: int = 0,
+        measure: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.device, self.total, self.what = device, total, what
+        self.skip, self.measure, self.clock = skip, max(1, measure), clock
+        self.active = device.type == "cpu"
+        self._start: tuple[int, float] | None = (0, clock()) if skip <= 0 else None
+
+    def update(self, done: int) -> None:
+        """`done` units of the job are finished."""
+        if not self.active:
+            return
+        if self._start is None:
+            if done >= self.skip:
+                self._start = (done, self.clock())
+            return
+        first, started = self._start
+        if done - first < self.measure:
+            return
+        self.active = False
+        per_unit = (self.clock() - started) / (done - first)
+        warn_if_slow_on_cpu(self.device, per_unit * max(0, self.total - done), self.what)
 
 
 def common_options(

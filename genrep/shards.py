@@ -55,6 +55,8 @@ class Sample:
 #: what a stored image is: the whole native frame (possibly downscaled), its central square, or
 #: its central square after the short side was resized (format version 1's two modes)
 FRAMES = ("full", "center-crop", "resize")
+#: side of the paper's model inputs: App. A takes 128 px center crops of native frames
+PAPER_SIDE = 128
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,13 @@ class StoredFrame:
     @property
     def short_side(self) -> int:
         return min(self.width, self.height)
+
+    def native_crop(self, side: int = PAPER_SIDE) -> int:
+        """Side, in stored pixels, of the central `side` px square of the native frame (App. A's
+        input for views without Tx), at most the stored short side (a frame that `--size` scaled
+        down holds it in fewer pixels)."""
+        scale = self.short_side / min(self.native_width, self.native_height)
+        return max(1, min(self.short_side, round(side * scale)))
 
     def describe(self) -> str:
         what = "full frame" if self.full else f"{self.frame} of the native frame"

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from genrep.errors import DataError, Group, ShardFormatError
 from genrep.io import sha256_file
@@ -109,8 +109,39 @@ def verify(folder: str) -> None:
 @click.option(
     "--columns", type=click.IntRange(min=0), default=None, help="Neighbors per row [default: all]."
 )
-def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
-    """A contact sheet: each row an anchor followed by its neighbor views."""
+@click.option(
+    "--training-view",
+    type=click.Choice(["plain", "tx"]),
+    default=None,
+    help="Show beside each stored image the view genrep-train makes of it, its crop outlined on "
+    "the image: plain (no Tx: App. A's central 128 px of a whole frame) or tx (the --tx "
+    "recipe's random square crop and pixel Tx).",
+)
+@click.option(
+    "--tx",
+    default="genrep",
+    show_default=True,
+    help="Tx recipe of the training views (genrep-train --tx).",
+)
+@click.option(
+    "--input-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Side of the training views [default: genrep-train's for this dataset and --tx].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Tx draws.")
+def preview(
+    folder: str,
+    out: str,
+    rows: int,
+    columns: int | None,
+    training_view: str | None,
+    tx: str,
+    input_size: int | None,
+    seed: int,
+) -> None:
+    """A contact sheet: each row an anchor followed by its neighbor views (with --training-view,
+    each beside what training sees of it)."""
     path, m = _dataset(folder)
     grid: list[list[Image.Image]] = []
     for entry in m["shards"]:
@@ -126,13 +157,67 @@ def preview(folder: str, out: str, rows: int, columns: int | None) -> None:
     frame, gap = stored_frame(m), 2
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
-    width = max(len(row) for row in grid)
-    sheet = np.full(
-        (len(grid) * (cell_h + gap) - gap, width * (cell_w + gap) - gap, 3), 255, np.uint8
-    )
+    view = training_view_maker(path, training_view, tx, input_size) if training_view else None
+    cells: list[list[Image.Image]] = []
     for r, row in enumerate(grid):
+        cells.append([])
         for c, image in enumerate(row):
-            y, x = r * (cell_h + gap), c * (cell_w + gap)
-            sheet[y : y + cell_h, x : x + cell_w] = np.asarray(image.resize((cell_w, cell_h)))
+            shown = image.resize((cell_w, cell_h))
+            if view is not None:
+                box, seen = view(image, seed + r * len(row) + c)
+                if box is not None:
+                    top, left, height, width = (round(v * scale) for v in box)
+                    outline = (left, top, left + width - 1, top + height - 1)
+                    ImageDraw.Draw(shown).rectangle(outline, outline=(255, 0, 0), width=2)
+                cells[-1] += [shown, seen.resize((cell_h, cell_h), Image.NEAREST)]
+            else:
+                cells[-1].append(shown)
+    widths = [sum(cell.width for cell in row) + gap * (len(row) - 1) for row in cells]
+    sheet = np.full((len(cells) * (cell_h + gap) - gap, max(widths), 3), 255, np.uint8)
+    for r, row in enumerate(cells):
+        x, y = 0, r * (cell_h + gap)
+        for cell in row:
+            sheet[y : y + cell_h, x : x + cell.width] = np.asarray(cell)
+            x += cell.width + gap
     Image.fromarray(sheet).save(out)
-    click.echo(f"wrote {out}: {len(grid)} anchors x {width - 1} neighbors")
+    summary = f"{len(grid)} anchors x {max(len(row) for row in grid) - 1} neighbors"
+    if view is not None:
+        summary += f", each beside its {training_view} training view ({view.describe})"
+    click.echo(f"wrote {out}: {summary}")
+
+
+class _TrainingViews:
+    """(crop box or None, view image) of a stored image, made by genrep-train's own transform."""
+
+    def __init__(self, transform: Any, crop: Any, describe: str) -> None:
+        self.transform, self.crop, self.describe = transform, crop, describe
+
+    def __call__(self, image: Image.Image, seed: int) -> tuple[Any, Image.Image]:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            box = None
+            if hasattr(self.crop, "crop_with_box"):  # whole frames and Tx crops; not format 1's
+                torch.manual_seed(seed)
+                box = self.crop.crop_with_box(image)[0]
+            torch.manual_seed(seed)  # the transform draws that same crop again
+            pixels = self.transform(image)
+        return box, Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+
+def training_view_maker(
+    folder: Path, training_view: str, tx: str, input_size: int | None
+) -> _TrainingViews:
+    """The views genrep-train makes of this dataset (stage 2's code, imported only here)."""
+    from genrep.train.data import open_data
+    from genrep.train.tx import build_recipe
+
+    info = open_data([folder], None, None)
+    recipe = build_recipe(tx)
+    size = input_size or recipe.default_input_size(info.train_side)
+    augment = training_view == "tx"
+    transform = recipe.view_transform(augment, size, info.image_size, info.center_crop)
+    what = f"{size} px, Tx recipe {recipe.name}" if augment else f"{size} px"
+    if not augment and info.center_crop:
+        what += f", from the central {info.center_crop} px"
+    return _TrainingViews(transform, transform.transforms[0], what)

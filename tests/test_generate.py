@@ -54,6 +54,7 @@ def test_dataset_layout_manifest_and_card(make_dataset):
         "native_height": 128,
         "format": "jpg",
         "quality": 95,
+        "encoder": "pil",
     }
     assert [s["samples"] for s in manifest["shards"]] == [4, 4, 2]
     for entry in manifest["shards"]:
@@ -183,6 +184,25 @@ def test_shard_ranges_split_the_work_and_merge_into_one_dataset(make_dataset, tm
     assert read_manifest(split)["complete"]
     assert shard_bytes(split) == shard_bytes(reference)
     assert read_manifest(split)["shards"] == read_manifest(reference)["shards"]
+
+
+def test_a_shard_step_samples_the_dataset(make_dataset, tmp_path, monkeypatch):
+    """`--shards START:STOP:STEP` writes every STEP-th shard (a sample of a large dataset), the
+    same bytes as the whole run's; torchrun ranks deal the selected shards out in turn."""
+    flags = ("--n", "10", "--shard-size", "2")
+    whole = make_dataset("whole", *flags)
+    sampled = make_dataset("sampled", *flags, "--shards", "1::2")
+    assert sorted(p.name for p in sampled.glob("shard-*.tar")) == [
+        "shard-000001.tar",
+        "shard-000003.tar",
+    ]
+    for name in ("shard-000001.tar", "shard-000003.tar"):
+        assert (sampled / name).read_bytes() == (whole / name).read_bytes()
+    assert not read_manifest(sampled)["complete"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    ranked = make_dataset("ranked", *flags, "--shards", "0:5:2")  # shards 0, 2, 4: rank 1 gets 2
+    assert [p.name for p in ranked.glob("shard-*.tar")] == ["shard-000002.tar"]
 
 
 def test_torchrun_ranks_take_disjoint_shares(make_dataset, tmp_path, monkeypatch):
@@ -330,6 +350,7 @@ def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
         (["--size", "256"], "--size 256 would enlarge the generator's 128x128 frame"),
         (["--frame", "center-crop", "--size", "256"], "smaller than --size 256"),
         (["--shards", "5"], "is not START:STOP"),
+        (["--shards", "0:4:0"], "is not START:STOP"),
         (["--per-class", "3"], "--per-class needs a class-conditional model"),
         (["--truncation", "-1"], "--truncation must be a finite number > 0"),
     ],

@@ -56,13 +56,14 @@ def test_the_baseline_is_cached_under_a_key_that_pins_what_it_depends_on(
     second = probe_report(tmp_path, run_b, *common, "--k", "5")
     assert second["baseline"]["cached"] is True
     assert second["baseline"]["record"] == first["baseline"]["record"]
-    # a protocol setting or the seed changes the baseline: measured again, under another key
+    # a protocol setting, the seed or the precision changes the baseline: measured again
     other_k = probe_report(tmp_path, run_b, *common, "--k", "3")
     other_seed = probe_report(tmp_path, run_b, *common, "--k", "5", "--seed", "1")
-    assert other_k["baseline"]["cached"] is False and other_seed["baseline"]["cached"] is False
+    bf16 = probe_report(tmp_path, run_b, *common, "--k", "5", "--precision", "bf16")
+    assert not any(r["baseline"]["cached"] for r in (other_k, other_seed, bf16))
     assert other_seed["baseline"]["weights_sha256"] != first["baseline"]["weights_sha256"]
-    assert len(list((genrep_home / "baselines").glob("*.json"))) == 3
-    for report in (first, second, other_k, other_seed):
+    assert len(list((genrep_home / "baselines").glob("*.json"))) == 4
+    for report in (first, second, other_k, other_seed, bf16):
         assert report["lift"] == {
             name: value - report["baseline"]["metrics"][name]
             for name, value in report["metrics"].items()

@@ -118,6 +118,30 @@ def test_linear_through_the_frozen_encoder_with_augmentation(tmp_path, run_dir):
     assert len(list((tmp_path / "genrep-home" / "features").glob("*.npy"))) == 1
 
 
+def test_the_input_size_and_crop_scale_come_from_the_run_config(tmp_path):
+    run = write_run_folder(tmp_path / "run", arch="resnet18")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "input_size": 32, "tx": "simclr"}))
+    data = write_imagefolder(tmp_path / "colours", classes=2, train_per_class=4, val_per_class=2)
+    out = tmp_path / "linear.json"
+    flags = "imagefolder --protocol linear --epochs 1 --batch-size 8 --workers 0"
+    result = probe(run, flags, "--root", data, "--out", out)
+    assert read(out)["preprocessing"] == {
+        "size": 32,
+        "crop_fraction": 0.875,
+        "crop_scale": [0.08, 1.0],
+        "eval_transform": "resize37-centercrop32-bilinear-imagenet-norm",
+        "train_transform": "randomresizedcrop32-scale0.08-1-flip",
+        "from": {
+            "size": "training config",
+            "crop_fraction": "default",
+            "crop_scale": "training config",
+        },
+    }
+    assert "input 32 px (training config)" in result.stderr
+    probe(run, flags, "--root", data, "--crop-scale 0.5,0.2", expect=2)
+
+
 def test_cached_linear_on_stanford_cars_then_knn_reuses_the_features(tmp_path, run_dir):
     data = write_stanford_cars(tmp_path / "cars", classes=3)
     common = [run_dir, "cars", FAST, "--root", data]

@@ -250,3 +250,31 @@ def test_a_corrupt_cache_entry_is_recomputed(tmp_path):
     np.save(path, np.zeros((2, 3), dtype=np.float32))  # wrong number of rows
     np.testing.assert_allclose(inputs.eval_features("train"), good, rtol=1e-5, atol=1e-6)
     assert np.load(path).shape == good.shape
+
+
+def test_preprocessing_follows_the_encoders_training_and_the_protocol():
+    from genrep.evaluate.protocols import PROTOCOLS
+
+    voc07, linear = PROTOCOLS.get("voc07"), PROTOCOLS.get("linear")
+    # A bare state dict: the released probe (RandomResizedCrop 112 of scale 0.2-1; Resize 128,
+    # CenterCrop 112).
+    bare = Preprocessing.resolve(None, linear.input_size, linear.crop_fraction)
+    assert (bare.size, bare.resize, bare.crop_scale) == (112, 128, (0.2, 1.0))
+    assert bare.origin == {"size": "default", "crop_fraction": "default", "crop_scale": "default"}
+    # A genrep run: its own input size and its Tx recipe's crop scale.
+    simclr_run = {"arch": "resnet18", "input_size": 128, "tx": "simclr"}
+    run = Preprocessing.resolve(simclr_run, linear.input_size, linear.crop_fraction)
+    assert (run.size, run.resize, run.crop_scale) == (128, 146, (0.08, 1.0))
+    assert run.origin["size"] == run.origin["crop_scale"] == "training config"
+    genrep_run = Preprocessing.resolve({"input_size": 112, "tx": "genrep"})
+    assert (genrep_run.size, genrep_run.crop_scale) == (112, (0.2, 1.0))
+    # VOC07: the released transfer code's 224 px features (Resize 224, CenterCrop 224) ...
+    voc = Preprocessing.resolve(simclr_run, voc07.input_size, voc07.crop_fraction)
+    assert (voc.size, voc.resize, voc.origin["size"]) == (224, 224, "protocol")
+    # ... unless told otherwise; flags always win.
+    told = Preprocessing.resolve(simclr_run, voc07.input_size, voc07.crop_fraction, 96, 0.875)
+    assert (told.size, told.resize, told.origin["size"]) == (96, 110, "flag")
+    assert Preprocessing.resolve(None, crop_scale=(0.5, 1.0)).crop_scale == (0.5, 1.0)
+    described = run.describe()
+    assert described["crop_scale"] == [0.08, 1.0] and described["size"] == 128
+    assert described["train_transform"] == "randomresizedcrop128-scale0.08-1-flip"

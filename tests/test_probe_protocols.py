@@ -97,6 +97,19 @@ def test_voc07_average_precision_is_the_11_point_interpolation():
     assert ap == pytest.approx((6 * 1.0 + 5 * 2 / 3) / 11)
 
 
+def test_voc07_average_precision_adds_no_point_at_recall_0():
+    """The devkit takes precision at the ranks only: when the top image is a negative, no recall
+    level reaches precision 1 (scikit-learn's curve adds precision 1 at recall 0, which gave
+    (1 + 10 x 0.5) / 11 here)."""
+    scores, positives = np.array([0.9, 0.8, 0.3, 0.1]), np.array([0, 1, 0, 0])
+    assert voc07_average_precision(scores, positives) == 0.5
+    # negative, positive, negative, positive: precision 1/2 up to recall 0.5, then 1/2 at recall 1
+    assert voc07_average_precision(np.array([4.0, 3, 2, 1]), np.array([0, 1, 0, 1])) == 0.5
+    # ties keep the given order, as the devkit's stable sort does
+    assert voc07_average_precision(np.array([1.0, 1.0]), np.array([0, 1])) == 0.5
+    assert voc07_average_precision(np.array([1.0, 1.0]), np.array([1, 0])) == 1.0
+
+
 def multilabel(n: int, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Each sample's feature is the sum of its classes' axes plus noise, so every class is separable."""
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import json
 import pickle
 import tarfile
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import as_format_v1
@@ -162,3 +163,26 @@ def test_missing_anchor_is_a_format_error():
         decode_sample(
             {"__key__": "8", "anchor.png": image.getvalue(), "neighbor_1.png": image.getvalue()}
         )
+
+
+def test_preview_shows_the_views_training_makes_of_whole_frames(make_dataset, tmp_path):
+    """App. A for the user's own dataset: without Tx the central 128 px of a 160 px frame, outlined
+    on the frame and shown (at 112 px) beside it."""
+    flags = ("--n", "2", "--format", "png", "--model-option", "resolution=160", "--size", "160")
+    folder = make_dataset("big", *flags)
+    result = shards("preview", folder, "--out", tmp_path / "plain.png", "--training-view", "plain")
+    assert result.exit_code == 0, result.output
+    assert "plain training view (112 px, from the central 128 px)" in result.output
+    with Image.open(tmp_path / "plain.png") as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert pixels.shape == (2 * 160 + 2, 4 * 160 + 3 * 2, 3)  # (frame, view) x (anchor, neighbor)
+    anchor = decode_sample(next(iter_raw_samples(folder / "shard-000000.tar"))).anchor
+    stored = np.asarray(anchor)
+    frame_cell = pixels[:160, :160]
+    red = (frame_cell == (255, 0, 0)).all(-1)
+    assert red[16, 16:144].all() and red[16:144, 143].all()  # the box of the central 128 px
+    assert np.array_equal(frame_cell[~red], stored[~red])
+    view = anchor.crop((16, 16, 144, 144)).resize((112, 112), Image.BILINEAR)
+    assert np.array_equal(pixels[:160, 162:322], np.asarray(view.resize((160, 160), Image.NEAREST)))
+    result = shards("preview", folder, "--out", tmp_path / "tx.png", "--training-view", "tx")
+    assert result.exit_code == 0 and "tx training view (112 px, Tx recipe genrep)" in result.output

@@ -259,6 +259,9 @@ def test_generate_view_steer_with_a_walk_file(walks_file, tmp_path):
     record = load_walks(walks_file)
     assert params["walks_sha256"] == sha256_file(walks_file)
     assert params["model"] == "embedded" and params["ranges"] == record["ranges"]
+    # the released generation's 3D rotation: 5 times the learned step (RELEASED_STEP_SCALES)
+    assert params["step_scales"] == {"rotate_3d": 5.0}
+    scales = np.array([5.0 if name == "rotate_3d" else 1.0 for name in record["names"]])
     walks = record["walks"].double().numpy()
     for sample in _samples(tmp_path / "a"):
         assert len(sample.neighbors) == 2
@@ -268,7 +271,7 @@ def test_generate_view_steer_with_a_walk_file(walks_file, tmp_path):
             assert abs(alpha["shift_x"]) <= 0.4 and 0.25 <= alpha["zoom"] <= 4
             assert abs(alpha["rotate_3d"]) <= 60 and abs(alpha["color_g"]) <= 0.5
             steps = latent_steps({k: np.array([v]) for k, v in alpha.items()}, record["ranges"])
-            expected = sample.latent.astype(np.float64) + (steps @ walks)[0]
+            expected = sample.latent.astype(np.float64) + (steps * scales @ walks)[0]
             assert np.allclose(sample.neighbor_latents[j], expected, atol=1e-5)
     # a shard is a pure function of the config: the same command writes the same bytes
     run_generate(*args, "--out", str(tmp_path / "b"))
@@ -280,6 +283,48 @@ def test_generate_view_steer_with_a_walk_file(walks_file, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(sheet) as image:  # anchor + 2 steered neighbors per row, 4 rows
         assert image.size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)
+
+
+def test_step_scales_multiply_each_edits_latent_step(walks_file):
+    generator = build_generator("embedded", resolution=32)
+    record = load_walks(walks_file)
+    walks, names = record["walks"].double().numpy(), record["names"]
+
+    def neighbor(**options):
+        view = build_view("steer", generator, truncation=2.0, walks=str(walks_file), **options)
+        z, params = view.neighbors(np.zeros(128, np.float32), None, np.random.default_rng(0), 1)
+        alpha = {name: np.array([value]) for name, value in params[0]["alpha"].items()}
+        return view, z[0].astype(np.float64), latent_steps(alpha, record["ranges"])[0]
+
+    released, z, steps = neighbor()
+    assert released.params()["step_scales"] == {"rotate_3d": 5.0}
+    rotate = names.index("rotate_3d")
+    assert np.allclose(z, steps @ walks + 4 * steps[rotate] * walks[rotate], atol=1e-5)
+    learned, z, steps = neighbor(step_scale={"rot3d": 1})
+    assert learned.params()["step_scales"] == {} and np.allclose(z, steps @ walks, atol=1e-5)
+    zoomed, z, steps = neighbor(step_scale={"zoom": 2, "rotate_3d": 5})
+    assert zoomed.params()["step_scales"] == {"zoom": 2.0, "rotate_3d": 5.0}
+    scales = np.array([{"zoom": 2.0, "rotate_3d": 5.0}.get(name, 1.0) for name in names])
+    assert np.allclose(z, steps * scales @ walks, atol=1e-5)
+    with pytest.raises(UsageError, match="must be a number > 0"):
+        neighbor(step_scale={"zoom": 0})
+
+
+def test_step_scale_flag_is_for_view_steer_only(walks_file, tmp_path):
+    common = ["--n", "2", "--size", "32", "--workers", "0", "--out", str(tmp_path / "d")]
+    result = run_generate("--step-scale", "zoom=2", *common, expect_ok=False)
+    assert result.exit_code == 2 and "does not take --step-scale" in result.output
+    result = run_generate(
+        "--view",
+        "steer",
+        "--walks",
+        str(walks_file),
+        "--step-scale",
+        "tilt=2",
+        *common,
+        expect_ok=False,
+    )
+    assert result.exit_code != 0 and "tilt" in result.output
 
 
 def test_view_steer_without_walks_learns_once_and_reuses_the_cache(tmp_path, monkeypatch):

@@ -279,12 +279,15 @@ def test_resolve_fills_the_paper_defaults(datasets):
     assert config.epochs == 20 and config.steps == 20 * 2  # 64 anchors, 2 batches each
     assert config.precision == "fp32" and config.device == "cpu"
     assert (config.temperature, config.projection_dim) == (0.1, 128)  # simclr's own defaults
+    assert config.base_temperature == 0.07  # the released loss: x 0.1 / 0.07
+    assert config.center_crop == 32  # whole 128 px frames stored at 32 px: all of it
     assert options.temperature is None  # resolving makes a new config
     saved = config.to_plain()
     assert saved["dataset"]["neighbors"] == 2 and saved["shards"] == [str(datasets("gauss"))]
     inverter = replace(options, objective="inverter", batch_size=16, steps=7).resolve(gauss, 1, cpu)
     assert inverter.views == 1 and inverter.augment is False and inverter.steps == 7
     assert inverter.temperature is None and inverter.projection_dim is None  # takes neither
+    assert inverter.base_temperature is None
     with pytest.raises(UsageError, match="stores 2"):
         replace(options, views=4).resolve(gauss, 1, cpu)
     with pytest.raises(UsageError, match="simclr needs 2 or more views"):

@@ -43,7 +43,11 @@ def test_registries_list_every_objective_and_recipe():
 
 def test_objectives_take_only_their_own_options():
     for name in ("simclr", "supcon"):
-        assert set(OBJECTIVES.options(name, 2)) == {"projection_dim", "temperature"}
+        assert set(OBJECTIVES.options(name, 2)) == {
+            "projection_dim",
+            "temperature",
+            "base_temperature",
+        }
     for name in ("inverter", "classifier"):
         assert OBJECTIVES.options(name, 2) == {}
     labelled = info(classes=[0, 1])
@@ -54,6 +58,7 @@ def test_objectives_take_only_their_own_options():
     # None means the objective's default.
     simclr = OBJECTIVES.build("simclr", 16, labelled, temperature=None, projection_dim=None)
     assert simclr.temperature == 0.1 and simclr.head[-1].out_features == 128
+    assert simclr.base_temperature == 0.07  # SupConLoss's, which the released code left as is
     assert OBJECTIVES.build("supcon", 16, labelled, temperature=0.5).temperature == 0.5
 
 
@@ -72,9 +77,68 @@ def test_contrastive_losses_stay_fp32_under_autocast(name, dtype):
     assert loss.item() == pytest.approx(expected.item(), rel=2e-2)
 
 
+def test_contrastive_logits_are_fp32_under_autocast(monkeypatch):
+    """The similarities themselves (not only the loss) are fp32 whatever the autocast dtype."""
+    torch.manual_seed(6)
+    objective = OBJECTIVES.build("supcon", 16, info(classes=[0, 1]), projection_dim=8)
+    seen = []
+    original = type(objective).pair_losses
+
+    def spy(self, logits, positive, not_self):
+        seen.append(logits.dtype)
+        return original(self, logits, positive, not_self)
+
+    monkeypatch.setattr(type(objective), "pair_losses", spy)
+    features, targets = torch.randn(4 * 2, 16), batch_of(4, 2, [0, 1, 0, 1])
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            assert objective.head(features).dtype == dtype  # the head does run in low precision
+            objective(features, targets)
+    assert seen == [torch.float32, torch.float32]
+
+
+def supcontrast_reference(z, groups, temperature, base_temperature):
+    """The loss of SupContrast's SupConLoss written out from its definition (Khosla et al. 2020,
+    L_out, with the released scale): for every row i, the mean over its positives p (other rows of
+    its group) of -log softmax over all other rows, times temperature / base_temperature, averaged
+    over rows. With one group per sample it is SimCLR's NT-Xent."""
+    sims = z @ z.T / temperature
+    rows = []
+    for i in range(len(z)):
+        others = [j for j in range(len(z)) if j != i]
+        log_denominator = torch.logsumexp(sims[i, others], 0)
+        positives = [p for p in others if groups[p] == groups[i]]
+        mean_log_prob = torch.stack([sims[i, p] - log_denominator for p in positives]).mean()
+        rows.append(-(temperature / base_temperature) * mean_log_prob)
+    return torch.stack(rows).mean()
+
+
+@pytest.mark.parametrize("name", ["simclr", "supcon"])
+def test_default_loss_equals_the_released_supcontrast_loss(name):
+    """Defaults (temperature 0.1, base temperature 0.07) give the released code's loss on random
+    inputs: SimCLR with two views, SupCon with labels."""
+    torch.manual_seed(7)
+    objective = OBJECTIVES.build(name, 16, info(classes=[0, 1, 2]), projection_dim=8)
+    labels = [0, 1, 0, 2, 1]
+    features = torch.randn(5 * 2, 16)  # 5 samples x 2 views, sample-major
+    loss, _ = objective(features, batch_of(5, 2, labels))
+    sample = torch.arange(5).repeat_interleave(2)
+    groups = sample if name == "simclr" else torch.tensor(labels)[sample]
+    expected = supcontrast_reference(projections(objective, features), groups, 0.1, 0.07)
+    assert torch.allclose(loss, expected, atol=1e-5)
+    plain = OBJECTIVES.build(
+        name, 16, info(classes=[0, 1, 2]), projection_dim=8, base_temperature=0.1
+    )
+    plain.load_state_dict(objective.state_dict())
+    unscaled, _ = plain(features, batch_of(5, 2, labels))
+    assert loss.item() == pytest.approx(unscaled.item() / 0.7, rel=1e-6)  # x 0.1 / 0.07
+
+
 def test_simclr_with_two_views_is_nt_xent():
     torch.manual_seed(0)
-    objective = OBJECTIVES.build("simclr", 16, info(), projection_dim=8, temperature=0.1)
+    objective = OBJECTIVES.build(
+        "simclr", 16, info(), projection_dim=8, temperature=0.1, base_temperature=0.1
+    )
     features = torch.randn(2 * 5, 16)  # 5 samples x 2 views, sample-major
     loss, _ = objective(features, batch_of(5, 2))
     z = projections(objective, features)
@@ -87,7 +151,9 @@ def test_simclr_with_two_views_is_nt_xent():
 
 def test_simclr_multi_positive_follows_eq1_per_pair():
     torch.manual_seed(1)
-    objective = OBJECTIVES.build("simclr", 16, info(), projection_dim=8, temperature=0.5)
+    objective = OBJECTIVES.build(
+        "simclr", 16, info(), projection_dim=8, temperature=0.5, base_temperature=0.5
+    )
     features = torch.randn(4 * 3, 16)  # 4 samples x 3 views
     loss, _ = objective(features, batch_of(4, 3))
     z = projections(objective, features)
@@ -105,7 +171,12 @@ def test_simclr_multi_positive_follows_eq1_per_pair():
 def test_supcon_positives_share_the_class():
     torch.manual_seed(2)
     objective = OBJECTIVES.build(
-        "supcon", 16, info(classes=[0, 1, 2]), projection_dim=8, temperature=0.1
+        "supcon",
+        16,
+        info(classes=[0, 1, 2]),
+        projection_dim=8,
+        temperature=0.1,
+        base_temperature=0.1,
     )
     labels = [0, 1, 0, 2]
     features = torch.randn(4 * 2, 16)

@@ -12,7 +12,7 @@ from genrep.options import RegistryChoice, common_options, config_option
 from genrep.runs import export_backbone
 from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TrainConfig
 from genrep.train.objectives import OBJECTIVES
-from genrep.train.objectives.base import PROJECTION_DIM, TEMPERATURE
+from genrep.train.objectives.base import BASE_TEMPERATURE, PROJECTION_DIM, TEMPERATURE
 from genrep.train.trainer import train
 from genrep.train.tx import TX_RECIPES
 
@@ -71,13 +71,16 @@ def _takers(option: str) -> str:
     "--augment/--no-augment",
     default=None,
     help="Apply Tx to each view [default: yes, except for the inverter]. --no-augment "
-    "trains on Tz only (resize + center crop).",
+    "trains on Tz only: the central 128 px of each whole generated frame (App. A), or the "
+    "center of stored crops.",
 )
 @click.option(
     "--input-size",
     type=int,
     default=None,
-    help="Encoder input side [default: genrep: 0.875 x stored side; simclr: stored side].",
+    help="Encoder input side [default: genrep: 0.875 x 128 = 112, simclr: 128 (for whole "
+    "frames and real images; stored crops: of their side; smaller stored frames: of their "
+    "short side)].",
 )
 @click.option(
     "--views",
@@ -105,6 +108,14 @@ def _takers(option: str) -> str:
     type=float,
     default=None,
     help=f"Contrastive temperature ({_takers('temperature')}) [default: {TEMPERATURE}].",
+)
+@click.option(
+    "--base-temperature",
+    type=float,
+    default=None,
+    help=f"The loss is scaled by temperature / base temperature, as the released code's "
+    f"({_takers('base_temperature')}) [default: {BASE_TEMPERATURE}; equal to --temperature: the "
+    "plain loss of eq. 1].",
 )
 @click.option(
     "--projection-dim",

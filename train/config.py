@@ -92,6 +92,7 @@ class TrainConfig:
     input_size: int | None = setting(None, at_least=1)
     views: int | None = setting(None, at_least=1)
     temperature: float | None = setting(None, objective_option=True, above=0)
+    base_temperature: float | None = setting(None, objective_option=True, above=0)
     projection_dim: int | None = setting(None, objective_option=True, at_least=1)
     # the optimisation
     batch_size: int = setting(256, at_least=1)
@@ -119,6 +120,9 @@ class TrainConfig:
     local_batch_size: int | None = setting(None, resumable=True)
     dataset: DataSummary | None = None
     manifest_hash: str | None = None
+    #: views without Tx take the central `center_crop` px of each stored frame (App. A); None:
+    #: the stored images are crops already
+    center_crop: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
@@ -192,7 +196,7 @@ class TrainConfig:
             tx=recipe.name,
             views=views,
             augment=augment,
-            input_size=self.input_size or recipe.default_input_size(info.image_size),
+            input_size=self.input_size or recipe.default_input_size(info.train_side),
             steps=self.steps or epochs * per_epoch,
             epochs=None if self.steps else epochs,
             device=str(device),
@@ -204,6 +208,7 @@ class TrainConfig:
             local_batch_size=batch // world,
             dataset=DataSummary.of(info),
             manifest_hash=info.manifest_hash,
+            center_crop=info.center_crop,
             **self._effective_objective_options(objective.name),
         )
 

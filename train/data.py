@@ -33,7 +33,7 @@ from torchvision.datasets import ImageFolder
 
 from genrep.errors import DataError, ShardFormatError, UsageError
 from genrep.manifest import content_hash, find_dataset, load_dataset
-from genrep.shards import IMAGE_FORMATS, decode_sample, iter_raw_samples, stored_frame
+from genrep.shards import IMAGE_FORMATS, PAPER_SIDE, decode_sample, iter_raw_samples, stored_frame
 from genrep.train.tx import Transform
 
 #: Side real images are brought to: the paper trains its real-data baselines at 128 px (App. D).
@@ -126,10 +126,19 @@ class DatasetInfo:
     manifest_hash: str | None
     sources: list[Source]
     real_fraction: float | None = None
+    #: the shards store whole frames: views without Tx take their central `center_crop` px (the
+    #: native frame's 128 px, App. A); None: they store crops (or the input is real images)
+    center_crop: int | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes) if self.classes else 0
+
+    @property
+    def train_side(self) -> int:
+        """Side of the paper's 128 px training images at this data's scale: what the default
+        input size derives from, and the side real images are resized to."""
+        return min(PAPER_SIDE, self.image_size) if self.center_crop else self.image_size
 
 
 def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict[str, Any]]:
@@ -153,10 +162,19 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
             }
         )
     hashes = [content_hash(m) for m in manifests]
+    frames = {name: stored_frame(m) for name, m in zip(names, manifests, strict=True)}
+    crops = {frame.native_crop() if frame.full else None for frame in frames.values()}
+    if len(crops) > 1:
+        described = "; ".join(f"{name}: {frame.describe()}" for name, frame in frames.items())
+        raise DataError(
+            f"these datasets store frames that App. A crops differently ({described}): train on "
+            "datasets made with the same genrep-generate --frame and --size"
+        )
     summary = {
         "name": "+".join(names),
         "size": sum(counts),
-        "image_size": max(stored_frame(m).short_side for m in manifests),
+        "image_size": max(frame.short_side for frame in frames.values()),
+        "center_crop": crops.pop(),
         "neighbors": min(int(m.get("neighbors") or 0) for m in manifests),
         "z_dim": z_dims.pop() if len(z_dims) == 1 else None,
         "classes": classes,
@@ -208,6 +226,7 @@ def open_data(
             summary["classes"],
             summary["manifest_hash"],
             sources,
+            center_crop=summary["center_crop"],
         )
     images = open_image_folder(real)
     sources.append(images)
@@ -226,6 +245,7 @@ def open_data(
         summary["manifest_hash"],
         sources,
         real_fraction,
+        summary["center_crop"],
     )
 
 
@@ -242,6 +262,8 @@ class ViewSpec:
     label_index: dict[int, int] | None
     strict: bool
     seed: int
+    #: the transform of real images when it differs from that of the shards' images
+    real_transform: Transform | None = None
 
 
 def sample_seed(seed: int, epoch: int, uid: str) -> int:
@@ -351,7 +373,9 @@ class TrainingStream(IterableDataset):
             except Exception as err:  # unreadable files surface as many exception types
                 raise ShardFormatError(f"image {raw['__uid__']}: undecodable ({err})") from None
             images, label = [image] * spec.views, raw["label"]
+            transform = spec.real_transform or spec.transform
         else:
+            transform = spec.transform
             images, latents, label = self._shard_views(raw, random.Random(seed))
         example: dict[str, Any] = {"key": raw["__uid__"], "label": -1}
         if spec.needs_labels:
@@ -360,7 +384,7 @@ class TrainingStream(IterableDataset):
             example["latents"] = torch.from_numpy(np.stack(latents)).float()
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
-            example["images"] = torch.stack([spec.transform(image) for image in images])
+            example["images"] = torch.stack([transform(image) for image in images])
         return example
 
     def _shard_views(

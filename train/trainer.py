@@ -31,7 +31,7 @@ from genrep.encoders import backbone_state, build_backbone, normalize
 from genrep.errors import OutputError, UserError
 from genrep.io import TMP_SUFFIX, atomic_torch_save, atomic_write_bytes, remove_stale_tmp
 from genrep.manifest import MANIFEST
-from genrep.options import autocast_dtype, resolve_device
+from genrep.options import SlowJobWarning, autocast_dtype, resolve_device
 from genrep.runs import (
     BACKBONE,
     CHECKPOINT,
@@ -68,14 +68,17 @@ class Distributed:
 
 
 def setup_distributed(device: str) -> Distributed:
-    """Rank and device from torchrun's environment; joins the process group when world > 1."""
+    """Rank and device from torchrun's environment; joins the process group when launched by
+    torchrun (even with one process: `torchrun --nproc-per-node 1` runs DDP over nccl or gloo)
+    or when the environment names more than one rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     target = resolve_device(device)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-    if world > 1 and not dist.is_initialized():
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
     return Distributed(rank, world, local_rank, target)
 
@@ -246,7 +249,7 @@ def train(
 ) -> Path:
     """Train as `config` (the CLI's flags) says; returns the run folder."""
     env = setup_distributed(config.device)
-    distributed = env.world > 1
+    distributed = dist.is_initialized()
     try:
         return _train(config, env, distributed, hooks, log if env.main else (lambda _m: None))
     finally:
@@ -325,6 +328,10 @@ def _train(
     pending: dict[str, list[torch.Tensor]] = {}
     skipped_recent = torch.zeros((), dtype=torch.long)
     window_start, window_steps = time.perf_counter(), 0
+    # Steps left x the step time after a few steps (worker start-up and cudnn autotuning excluded).
+    slow = SlowJobWarning(
+        env.device, total - start, f"training {total - start} steps", skip=2, measure=3
+    )
     model.train()
     batches = iter(loader)
     try:
@@ -356,6 +363,7 @@ def _train(
             skipped_recent += batch["skipped"].sum()
             window_steps += 1
             bar.update(1)
+            slow.update(done - start)
             for hook in hooks:
                 hook(done, batch)
             if done % config.log_every == 0 or done == total:
@@ -425,10 +433,8 @@ def _loader(
     recipe = build_recipe(config.tx)
     spec = ViewSpec(
         views=config.views,
-        transform=(
-            recipe.augment(config.input_size)
-            if config.augment
-            else recipe.plain(config.input_size, info.image_size)
+        transform=recipe.view_transform(
+            config.augment, config.input_size, info.image_size, info.center_crop
         ),
         neighbors=info.neighbors,
         needs_latents=objective.needs_latents,
@@ -436,6 +442,9 @@ def _loader(
         label_index={c: i for i, c in enumerate(info.classes)} if info.classes else None,
         strict=config.strict,
         seed=config.seed,
+        real_transform=recipe.view_transform(
+            config.augment, config.input_size, info.train_side, real=True
+        ),
     )
     stream = TrainingStream(
         info, spec, env.rank, env.world, config.local_batch_size, start, config.shuffle_buffer

@@ -24,8 +24,6 @@ from genrep.errors import DataError, UsageError, one_line
 from genrep.registry import Registry
 
 DATASETS: Registry[type[ProbeDataset]] = Registry("dataset", packages=["genrep.evaluate.datasets"])
-#: `DATASETS.register` by the name that dataset modules written before the package import
-register_dataset = DATASETS.register
 
 
 class ProbeDataset(ABC):

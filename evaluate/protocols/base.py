@@ -28,6 +28,10 @@ class Protocol(ABC):
     name: ClassVar[str]
     task: ClassVar[str] = "multiclass"  # the dataset task it accepts
     primary_metric: ClassVar[str]
+    #: encoder input side and evaluation crop fraction of the protocol's features when no flag
+    #: sets them (None: the encoder's own training input size, and 0.875)
+    input_size: ClassVar[int | None] = None
+    crop_fraction: ClassVar[float | None] = None
 
     def check_dataset(self, dataset: ProbeDataset) -> None:
         if dataset.task != self.task:

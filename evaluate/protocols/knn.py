@@ -1,7 +1,15 @@
-"""`knn`: temperature-weighted k-nearest-neighbour classification of frozen features (faiss)."""
+"""`knn`: temperature-weighted k-nearest-neighbour classification of frozen features.
+
+The search is exact (cosine similarity = inner product of L2-normalized features) and runs on one
+of two engines with the same results: faiss (`IndexFlatIP`, on the GPU when there is one), where
+its wheels exist (Linux x86_64), and otherwise a matrix product + top-k in torch on the probe's
+device, so that genrep installs and probes everywhere.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,16 +20,52 @@ from genrep.evaluate.datasets import ProbeDataset
 from genrep.evaluate.features import FrozenFeatures
 from genrep.evaluate.protocols.base import PROTOCOLS, Protocol, l2_normalize, topk_accuracy
 
+#: a search: (normalized train features, normalized queries, k, device) -> (similarity, index)
+Search = Callable[[np.ndarray, np.ndarray, int, torch.device], tuple[np.ndarray, np.ndarray]]
 
-def knn_index(features: np.ndarray, use_gpu: bool = False, gpu_id: int = 0):
-    """An exact inner-product faiss index over L2-normalized `features` (cosine similarity)."""
+
+def faiss_gpu_available() -> bool:
     import faiss
 
-    index = faiss.IndexFlatIP(features.shape[1])
-    if use_gpu:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu_id, index)
-    index.add(features)
-    return index
+    return faiss.get_num_gpus() > 0
+
+
+def faiss_search(
+    train: np.ndarray, queries: np.ndarray, k: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search with a faiss flat index (a GPU index on a CUDA device)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(train.shape[1])
+    if device.type == "cuda" and faiss_gpu_available():
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
+    index.add(train)
+    return index.search(queries, k)
+
+
+def torch_search(
+    train: np.ndarray, queries: np.ndarray, k: int, device: torch.device, query_batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product search as faiss's flat index does it: one matrix product of a batch of
+    queries with all training features, then top-k, on `device`."""
+    train_t = torch.from_numpy(train).to(device)
+    similarity, index = [], []
+    with torch.inference_mode():
+        for start in range(0, len(queries), query_batch):
+            batch = torch.from_numpy(queries[start : start + query_batch]).to(device)
+            top = torch.topk(batch @ train_t.T, k, dim=1)
+            similarity.append(top.values.cpu())
+            index.append(top.indices.cpu())
+    return torch.cat(similarity).numpy(), torch.cat(index).numpy()
+
+
+#: kNN engines by name; both exact, both L2-normalized inner products
+ENGINES: dict[str, Search] = {"faiss": faiss_search, "torch": torch_search}
+
+
+def default_engine() -> str:
+    """faiss where it is installed (setup.cfg installs it on Linux x86_64), else torch."""
+    return "faiss" if importlib.util.find_spec("faiss") is not None else "torch"
 
 
 def weighted_votes(
@@ -50,24 +94,23 @@ def knn_scores(
     *,
     k: int = 200,
     temperature: float = 0.07,
-    use_gpu: bool = False,
-    gpu_id: int = 0,
-    query_batch: int = 4096,
+    engine: str | None = None,
+    device: torch.device | str = "cpu",
 ) -> np.ndarray:
-    """Weighted kNN class scores [Nq, C] over the k most cosine-similar training points (exact search)."""
+    """Weighted kNN class scores [Nq, C] over the k most cosine-similar training points (exact
+    search with `engine`, default `default_engine()`, on `device`)."""
     k = min(k, len(train_features))
-    index = knn_index(l2_normalize(train_features), use_gpu, gpu_id)
-    queries = l2_normalize(query_features)
-    scores = []
-    for start in range(0, len(queries), query_batch):
-        similarity, neighbors = index.search(queries[start : start + query_batch], k)
-        scores.append(weighted_votes(similarity, neighbors, train_labels, num_classes, temperature))
-    return np.concatenate(scores)
+    search = ENGINES[engine or default_engine()]
+    similarity, neighbors = search(
+        l2_normalize(train_features), l2_normalize(query_features), k, torch.device(device)
+    )
+    return weighted_votes(similarity, neighbors, train_labels, num_classes, temperature)
 
 
 @PROTOCOLS.register("knn")
 class KNNProtocol(Protocol):
-    """Temperature-weighted k-nearest-neighbour classification with faiss, on the GPU when there is one."""
+    """Temperature-weighted k-nearest-neighbour classification (exact search: faiss, or torch
+    where faiss is not installed), on the GPU when there is one."""
 
     primary_metric = "top1"
 
@@ -85,11 +128,9 @@ class KNNProtocol(Protocol):
         }
 
     def run(self, inputs: FrozenFeatures) -> tuple[dict[str, float], dict[str, Any]]:
-        import faiss
-
         dataset = inputs.dataset
         fit, evaluate = dataset.splits
-        use_gpu = inputs.device.type == "cuda" and faiss.get_num_gpus() > 0
+        engine = default_engine()
         scores = knn_scores(
             inputs.eval_features(fit),
             dataset.targets[fit],
@@ -97,7 +138,13 @@ class KNNProtocol(Protocol):
             len(dataset.classes),
             k=self.k,
             temperature=self.temperature,
-            use_gpu=use_gpu,
-            gpu_id=inputs.device.index or 0,
+            engine=engine,
+            device=inputs.device,
         )
-        return topk_accuracy(scores, dataset.targets[evaluate]), {"faiss_gpu": use_gpu}
+        searched_on = inputs.device.type
+        if engine == "faiss" and not faiss_gpu_available():
+            searched_on = "cpu"
+        return topk_accuracy(scores, dataset.targets[evaluate]), {
+            "engine": engine,
+            "search_device": searched_on,
+        }

@@ -201,6 +201,7 @@ class LinearProtocol(Protocol):
                 inputs.device,
                 len(train_labels),
                 f"linear epoch {epoch + 1}",
+                inputs.autocast_dtype,
             )
 
         classifier = train_linear_classifier(

@@ -14,11 +14,18 @@ from genrep.evaluate.protocols.base import PROTOCOLS, Protocol, l2_normalize
 
 
 def voc07_average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
-    """The VOC2007 devkit's 11-point interpolated AP: mean over recall r in {0, .1, ..., 1} of the best
-    precision at recall >= r."""
-    from sklearn.metrics import precision_recall_curve
+    """The VOC2007 devkit's 11-point interpolated AP (VOCevalcls): images ranked by decreasing
+    score (ties in their given order), precision and recall at every rank, and the mean over
+    recall r in {0, .1, ..., 1} of the best precision at recall >= r (0 where none reaches r).
 
-    precision, recall, _ = precision_recall_curve(positives, scores)
+    Unlike scikit-learn's precision_recall_curve, no point of precision 1 at recall 0 is added: a
+    ranking whose top image is a negative never gets precision 1.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = np.asarray(positives, dtype=bool)[order]
+    true_positives = np.cumsum(hits)
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    recall = true_positives / max(int(hits.sum()), 1)
     return float(
         np.mean(
             [
@@ -127,6 +134,9 @@ class VOC07Protocol(Protocol):
 
     task = "multilabel"
     primary_metric = "mAP"
+    # The released transfer code's features: Resize 224, CenterCrop 224 (0.875 of its 256 px).
+    input_size = 224
+    crop_fraction = 1.0
 
     def __init__(
         self,

@@ -31,6 +31,9 @@ MASKED = -1e9
 #: defaults of the contrastive options (SimCLR's and the paper's)
 PROJECTION_DIM = 128
 TEMPERATURE = 0.1
+#: the released code's loss (SupContrast's SupConLoss, for SimCLR and SupCon alike) is scaled by
+#: temperature / base_temperature with base_temperature 0.07: x1.43 at temperature 0.1
+BASE_TEMPERATURE = 0.07
 
 
 class Objective(nn.Module):
@@ -133,7 +136,12 @@ def gather(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveObjective(Objective):
-    """Shared parts of the contrastive objectives: projection, global similarity matrix, masks."""
+    """Shared parts of the contrastive objectives: projection, global similarity matrix, masks.
+
+    The loss is scaled by temperature / base_temperature, as the released code's loss is (it
+    scales the gradients, so it acts on the learning rate); base_temperature = temperature
+    gives the plain loss of eq. 1.
+    """
 
     contrastive = True
 
@@ -143,10 +151,12 @@ class ContrastiveObjective(Objective):
         info: DatasetInfo,
         projection_dim: int = PROJECTION_DIM,
         temperature: float = TEMPERATURE,
+        base_temperature: float = BASE_TEMPERATURE,
     ) -> None:
         super().__init__(feature_dim, info)
         self.head = projection_head(feature_dim, projection_dim)
         self.temperature = temperature
+        self.base_temperature = base_temperature
 
     def group_ids(self, targets: dict[str, Any], samples: int) -> torch.Tensor:
         """Per row of the similarity matrix, the id shared by the rows that are its positives."""
@@ -181,7 +191,8 @@ class ContrastiveObjective(Objective):
         pair_weight = positive / positive.sum(1, keepdim=True).clamp(min=1)
         per_anchor = (loss_per_pair * pair_weight).sum(1)
         count = has_positive.sum()
-        loss = per_anchor[has_positive].sum() / count.clamp(min=1)
+        scale = self.temperature / self.base_temperature
+        loss = per_anchor[has_positive].sum() / count.clamp(min=1) * scale
         with torch.no_grad():
             masked = logits.masked_fill(~not_self, float("-inf"))
             top = masked.argmax(1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torchvision import transforms as T
 
-from genrep.train.tx.base import TX_RECIPES, Transform, TxRecipe
+from genrep.train.tx.base import TX_RECIPES, TxRecipe
 
 
 @TX_RECIPES.register("simclr")
@@ -15,15 +17,13 @@ class SimCLRRecipe(TxRecipe):
     and with p=0.5 a gaussian blur of sigma 0.1-2 whose kernel is 10% of the side.
     """
 
-    def augment(self, input_size: int) -> Transform:
+    crop_scale = (0.08, 1.0)
+
+    def pixel_ops(self, input_size: int) -> list[Callable]:
         kernel = max(3, int(0.1 * input_size) // 2 * 2 + 1)
-        return T.Compose(
-            [
-                T.RandomResizedCrop(input_size, scale=(0.08, 1.0)),
-                T.RandomHorizontalFlip(),
-                T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                T.RandomGrayscale(p=0.2),
-                T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-                T.PILToTensor(),
-            ]
-        )
+        return [
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+        ]
