@@ -274,7 +274,7 @@ def test_devices_are_given_to_the_jobs_in_turn():
         ("fig5-sigma", (6, 6, 6)),
         ("fig6-samples", (7, 7, 7)),
         ("table1", (3, 7, 14)),
-        ("fig5-sigma-cpu", (4, 8, 8)),
+        ("fig5-sigma-cpu", (5, 10, 10)),
         ("fig6-samples-cpu", (3, 6, 6)),
         ("table1-cpu", (3, 6, 12)),
     ],
