@@ -19,17 +19,20 @@ from click.core import ParameterSource
 
 from genrep.config import to_plain
 from genrep.errors import Group, OutputError, UsageError
+from genrep.evaluate.baseline import BASELINES, BaselineStore, lift, measure_baseline
 from genrep.evaluate.datasets import DATASETS
 from genrep.evaluate.features import FeatureCache, FrozenFeatures, Preprocessing
 from genrep.evaluate.protocols import PROTOCOLS
 from genrep.evaluate.protocols.linear import LinearProtocol
 from genrep.evaluate.protocols.voc07 import CLASSIFIERS
+from genrep.evaluate.provenance import encoder_data, provenance_note, trained_on
 from genrep.evaluate.report import (
     TABLE_FORMATS,
     build_report,
     config_path_for,
     format_table,
     read_report,
+    summary_line,
     write_report,
 )
 from genrep.options import (
@@ -39,7 +42,7 @@ from genrep.options import (
     resolve_device,
     resolve_precision,
 )
-from genrep.paths import features_dir
+from genrep.paths import baselines_dir, features_dir
 from genrep.runs import DEFAULT_ARCH, load_backbone
 
 
@@ -96,7 +99,8 @@ def _protocol_settings(ctx: click.Context, protocol: str) -> dict[str, Any]:
     """The chosen protocol's settings from the flags; a flag typed for another protocol is an error."""
     takes = PROTOCOLS.options(protocol)
     every = {name for entry in PROTOCOLS.canonical_names() for name in PROTOCOLS.options(entry)}
-    for name in sorted(every - set(takes)):
+    # --seed also seeds the random-init baseline, so it applies to every protocol.
+    for name in sorted(every - set(takes) - {"seed"}):
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
             flag = next(param.opts[0] for param in ctx.command.params if param.name == name)
             raise UsageError(f"{flag} does not apply to --protocol {protocol}")
@@ -169,8 +173,8 @@ def _probe_help() -> str:
 @click.option(
     "--encoder-data",
     type=click.Choice(list(LinearProtocol.LR_BY_ENCODER_DATA)),
-    default=_default("linear", "encoder_data"),
-    help="linear: what the encoder was trained on; picks the paper's default --lr.",
+    help="linear: what the encoder was trained on; picks the paper's default --lr.  [default: "
+    "real for a run trained on --real images only, else generated]",
 )
 @click.option(
     "--epochs",
@@ -234,7 +238,15 @@ def _probe_help() -> str:
     "--seed",
     type=int,
     default=_default("linear", "seed"),
-    help="linear/voc07: seed of initialization, shuffling and folds.",
+    help="Seed of the random-init baseline's weights; linear/voc07: also of initialization, "
+    "shuffling and folds.",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(BASELINES),
+    default="random",
+    help="random: also probe the same architecture randomly initialised (cached in "
+    "$GENREP_HOME/baselines) and report the lift over it; none: skip it.",
 )
 @click.option(
     "--out",
@@ -247,7 +259,7 @@ def _probe_help() -> str:
 def probe(ctx: click.Context, **options: Any) -> None:
     """Probe CHECKPOINT on DATASET and print (and with --out, save) the report."""
     report = run_probe(ctx, options)
-    click.echo(format_table([report], all_metrics=True))
+    click.echo(summary_line(report))
     if options["out"]:
         config_path = write_report(options["out"], report)
         click.echo(f"report: {options['out']} (config: {config_path})")
@@ -275,12 +287,15 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     protocol_name = options["protocol"] or (
         "voc07" if DATASETS.get(dataset_name).task == "multilabel" else "linear"
     )
-    protocol = PROTOCOLS.build(protocol_name, **_protocol_settings(ctx, protocol_name))
+    settings = _protocol_settings(ctx, protocol_name)
     device = resolve_device(options["device"])
     precision = resolve_precision(options["precision"], device)
     dataset = DATASETS.build(dataset_name, root=options["root"])
-    protocol.check_dataset(dataset)
     encoder = load_backbone(options["checkpoint"], options["arch"])
+    if "encoder_data" in settings and settings["encoder_data"] is None:
+        settings["encoder_data"] = encoder_data(encoder)
+    protocol = PROTOCOLS.build(protocol_name, **settings)
+    protocol.check_dataset(dataset)
     _log(
         f"encoder: {encoder.arch} from {encoder.path} ({encoder.kind}, sha256 {encoder.sha256[:12]}); "
         f"{dataset.summary()}"
@@ -307,6 +322,14 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         log=_log,
     )
     metrics, details = protocol.run(inputs)
+    baseline = None
+    if options["baseline"] == "random":
+        baseline = measure_baseline(
+            inputs, protocol, options["seed"], BaselineStore(baselines_dir())
+        )
+    provenance = trained_on(encoder)
+    if note := provenance_note(provenance):
+        _log(note)
     config = {
         **options,
         "checkpoint": encoder.path,
@@ -330,6 +353,9 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         preprocessing=preprocessing.describe(),
         config=to_plain(config),
         seconds=time.perf_counter() - started,
+        baseline=baseline,
+        lift=lift(metrics, baseline),
+        trained_on=provenance,
     )
 
 
@@ -338,13 +364,22 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
 @click.argument(
     "reports", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--format", "fmt", type=click.Choice(TABLE_FORMATS), default="text")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TABLE_FORMATS),
+    default="text",
+    help="text/markdown: a grid with each metric's lift over the random-init baseline next to "
+    "it; csv/json: one record per encoder and metric, with baseline, lift and what the encoder "
+    "was trained on.",
+)
 @click.option(
     "--all-metrics",
     is_flag=True,
     help="Show every metric (top-5, area mAP), not only each protocol's main one.",
 )
 def table(reports: Sequence[Path], fmt: str, all_metrics: bool) -> None:
-    """Print REPORTS side by side: one row per encoder, one column per dataset/protocol/metric."""
+    """Print REPORTS side by side: one row per encoder and per random-init baseline, one column
+    per dataset/protocol/metric."""
     loaded = [read_report(path) for path in reports]
     click.echo(format_table(loaded, fmt=fmt, all_metrics=all_metrics))

@@ -17,8 +17,10 @@ from genrep.errors import DataError
 from genrep.io import atomic_write_bytes
 
 REPORT_FORMAT = "genrep-probe-report"
-REPORT_VERSION = 1
-TABLE_FORMATS = ("text", "markdown")
+#: 2 added `baseline`, `lift` and `trained_on`
+REPORT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+TABLE_FORMATS = ("text", "markdown", "csv", "json")
 
 
 def config_path_for(report_path: str | os.PathLike) -> Path:
@@ -40,6 +42,9 @@ def build_report(
     preprocessing: dict[str, Any],
     config: dict[str, Any],
     seconds: float,
+    baseline: dict[str, Any] | None = None,
+    lift: dict[str, float] | None = None,
+    trained_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report's schema in one place: what `read_report` and `format_table` rely on."""
     from genrep import __version__
@@ -51,10 +56,13 @@ def build_report(
         "protocol": protocol,
         "primary_metric": primary_metric,
         "metrics": metrics,
+        "baseline": baseline,
+        "lift": lift,
         "units": "percent",
         "settings": settings,
         "details": details,
         "checkpoint": checkpoint,
+        "trained_on": trained_on,
         "dataset": dataset,
         "preprocessing": preprocessing,
         "config": config,
@@ -81,42 +89,141 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(f"cannot read report {path}: {err}") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise DataError(f"{path} is not a genrep-probe report (written by genrep-probe --out)")
-    if report.get("format_version") != REPORT_VERSION:
+    if report.get("format_version") not in READABLE_VERSIONS:
         raise DataError(
-            f"{path} has report format_version {report.get('format_version')}; "
-            f"this genrep reads {REPORT_VERSION}"
+            f"{path} has report format_version {report.get('format_version')}; this genrep "
+            f"reads {', '.join(map(str, READABLE_VERSIONS))}: use the genrep that wrote it"
         )
-    return report
+    return {"baseline": None, "lift": None, "trained_on": None, **report}
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One console line: each metric, and the random-init baseline and lift next to it."""
+    parts = []
+    baseline = (report["baseline"] or {}).get("metrics", {})
+    for metric, value in _metrics(report, all_metrics=True).items():
+        part = f"{metric} {value:.2f}"
+        if metric in baseline:
+            part += f" (random init {baseline[metric]:.2f}, lift {report['lift'][metric]:+.2f})"
+        parts.append(part)
+    return (
+        f"{report['label']} on {report['dataset']['label']} ({report['protocol']}): "
+        + "; ".join(parts)
+    )
+
+
+def _metrics(report: dict[str, Any], all_metrics: bool) -> dict[str, float]:
+    """The primary metric first, then the others when `all_metrics`."""
+    primary = report["primary_metric"]
+    metrics = {primary: report["metrics"][primary]}
+    if all_metrics:
+        metrics.update(report["metrics"])
+    return metrics
+
+
+def _row_labels(entries: list[tuple[str, str]]) -> list[str]:
+    """Row names for (label, identity) pairs: a label shared by several identities gets a short
+    hash of each appended, so their rows stay apart."""
+    identities: dict[str, set[str]] = {}
+    for label, identity in entries:
+        identities.setdefault(label, set()).add(identity)
+    return [
+        f"{label}@{identity[:8]}" if len(identities[label]) > 1 else label
+        for label, identity in entries
+    ]
+
+
+def _baseline_label(baseline: dict[str, Any]) -> str:
+    return f"random init {baseline['arch']} (seed {baseline['seed']})"
+
+
+def metric_records(
+    reports: Iterable[dict[str, Any]], all_metrics: bool = False
+) -> list[dict[str, Any]]:
+    """One record per (report, metric): encoder row, column, value, baseline, lift and what the
+    encoder was trained on (what `--format csv|json` writes)."""
+    reports = list(reports)
+    rows = _row_labels([(r["label"], r["checkpoint"]["sha256"]) for r in reports])
+    records = []
+    for row, report in zip(rows, reports, strict=True):
+        report = {"baseline": None, "lift": None, "trained_on": None, **report}
+        baseline = (report["baseline"] or {}).get("metrics", {})
+        for metric, value in _metrics(report, all_metrics).items():
+            records.append(
+                {
+                    "encoder": row,
+                    "dataset": report["dataset"]["label"],
+                    "protocol": report["protocol"],
+                    "metric": metric,
+                    "value": value,
+                    "baseline": baseline.get(metric),
+                    "baseline_encoder": _baseline_label(report["baseline"]) if baseline else None,
+                    "lift": (report["lift"] or {}).get(metric),
+                    "arch": report["checkpoint"].get("arch"),
+                    "checkpoint_sha256": report["checkpoint"]["sha256"],
+                    "trained_on": report["trained_on"],
+                }
+            )
+    return records
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    """Records as CSV; `trained_on` is spread into `trained_on.<key>` columns."""
+    import csv
+    import io
+
+    flat = []
+    for record in records:
+        trained = record["trained_on"] or {}
+        row = {k: v for k, v in record.items() if k != "trained_on"}
+        row.update({f"trained_on.{k}": v for k, v in trained.items() if k != "datasets"})
+        flat.append(
+            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()}
+        )
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return out.getvalue().rstrip("\n")
+
+
+def _grid(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Columns "<dataset> <protocol> <metric>" (each followed by its lift when any report has a
+    baseline) and rows of formatted cells: one per encoder, one per random-init baseline."""
+    with_lift = any(record["lift"] is not None for record in records)
+    columns: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    baselines: dict[str, dict[str, str]] = {}
+    for record in records:
+        column = f"{record['dataset']} {record['protocol']} {record['metric']}"
+        if column not in columns:
+            columns += [column, f"{column} lift"] if with_lift else [column]
+        cells = rows.setdefault(record["encoder"], {})
+        cells[column] = f"{record['value']:.2f}"
+        if record["lift"] is not None:
+            cells[f"{column} lift"] = f"{record['lift']:+.2f}"
+        if record["baseline"] is not None:
+            baselines.setdefault(record["baseline_encoder"], {})[column] = (
+                f"{record['baseline']:.2f}"
+            )
+    return columns, {**rows, **baselines}
 
 
 def format_table(
     reports: Iterable[dict[str, Any]], fmt: str = "text", all_metrics: bool = False
 ) -> str:
-    """Rows: encoders (report labels); columns: "<dataset> <protocol> <metric>" in percent; "-" if absent."""
-    reports = list(reports)
-    checkpoints_by_label: dict[str, set[str]] = {}
-    for report in reports:
-        checkpoints_by_label.setdefault(report["label"], set()).add(report["checkpoint"]["sha256"])
-    columns: list[str] = []
-    rows: dict[str, dict[str, float]] = {}
-    for report in reports:
-        label, sha256 = report["label"], report["checkpoint"]["sha256"]
-        # Two checkpoints that share a label get their hash appended, so their rows stay apart.
-        row = rows.setdefault(
-            f"{label}@{sha256[:8]}" if len(checkpoints_by_label[label]) > 1 else label, {}
-        )
-        primary = report["primary_metric"]
-        metrics = report["metrics"] if all_metrics else {primary: report["metrics"][primary]}
-        for metric, value in metrics.items():
-            column = f"{report['dataset']['label']} {report['protocol']} {metric}"
-            if column not in columns:
-                columns.append(column)
-            row[column] = value
-    header = ["encoder", *columns]
-    body = [
-        [name, *(f"{cells[c]:.2f}" if c in cells else "-" for c in columns)]
-        for name, cells in rows.items()
-    ]
+    """Reports side by side. text/markdown: one row per encoder (and per random-init baseline), one
+    column per "<dataset> <protocol> <metric>" in percent with its lift next to it, "-" where
+    absent; csv/json: one record per (encoder, metric), with baseline, lift and provenance."""
+    records = metric_records(reports, all_metrics)
+    if fmt == "json":
+        return json.dumps(to_plain(records), indent=2)
+    if fmt == "csv":
+        return _csv(records)
+    columns, rows = _grid(records)
+    header = ["encoder", *(("lift" if c.endswith(" lift") else c) for c in columns)]
+    body = [[name, *(cells.get(c, "-") for c in columns)] for name, cells in rows.items()]
     if fmt == "markdown":
         lines = [header, ["---"] + ["---:"] * len(columns), *body]
         return "\n".join("| " + " | ".join(line) + " |" for line in lines)

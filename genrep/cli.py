@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "train": ("genrep.train.cli", "main"),
     "export": ("genrep.train.cli", "export_main"),
     "probe": ("genrep.evaluate.cli", "main"),
+    "sweep": ("genrep.sweep.cli", "main"),
 }
 
 
@@ -39,7 +40,8 @@ class StageGroup(Group):
 def main() -> None:
     """Generative models as a data source for multiview representation learning.
 
-    Stage 1: generate (and steer), shards; stage 2: train, export; stage 3: probe.
+    Stage 1: generate (and steer), shards; stage 2: train, export; stage 3: probe; the three
+    over a grid of settings: sweep.
     Each subcommand is also installed as genrep-<subcommand>.
     """
 

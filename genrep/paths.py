@@ -31,3 +31,8 @@ def walks_dir() -> Path:
 def features_dir() -> Path:
     """Frozen features cached by `genrep-probe`."""
     return genrep_home() / "features"
+
+
+def baselines_dir() -> Path:
+    """Metrics of randomly initialised encoders that `genrep-probe` compares every encoder with."""
+    return genrep_home() / "baselines"

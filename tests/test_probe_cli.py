@@ -24,7 +24,9 @@ from genrep.evaluate.protocols import PROTOCOLS
 from genrep.evaluate.report import format_table
 from genrep.io import sha256_file
 
-FAST = "--size 32 --workers 0"
+FAST = "--size 32 --workers 0 --baseline none"
+#: FAST with the random-init baseline
+WITH_BASELINE = "--size 32 --workers 0"
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +59,7 @@ def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_d
     result = probe(
         run_dir,
         "imagefolder --protocol knn",
-        FAST,
+        WITH_BASELINE,
         "--root",
         data,
         "--cache-dir",
@@ -90,7 +92,13 @@ def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_d
         and config["protocol"] == "knn"
         and config["k"] == 200
     )
-    assert "colours knn top1" in result.output and "100.00" in result.output
+    # run-a holds random_backbone(resnet18, 0), the very baseline of --seed 0: no lift at all.
+    assert report["baseline"]["kind"] == "random-init" and report["baseline"]["seed"] == 0
+    assert report["baseline"]["metrics"] == report["metrics"]
+    assert report["lift"] == {"top1": 0.0} and report["trained_on"]["arch"] == "resnet18"
+    assert result.stdout.splitlines()[0] == (
+        "run-a on colours (knn): top1 100.00 (random init 100.00, lift +0.00)"
+    )
     assert "train features: computed" in result.stderr
 
 
@@ -197,22 +205,41 @@ def test_random_encoder_is_near_chance_on_shuffled_labels_but_not_on_true_ones(t
 
 def test_digits_needs_no_files_and_tables_compare_reports(tmp_path, run_dir):
     other = write_run_folder(tmp_path / "run-b", arch="resnet18", seed=1)
-    for run, protocol in ((run_dir, "knn"), (other, "knn"), (other, "linear --cached --epochs 3")):
+    runs = (
+        (run_dir, "knn", WITH_BASELINE),
+        (other, "knn", WITH_BASELINE),
+        (other, "linear --cached --epochs 3", FAST),
+    )
+    for run, protocol, flags in runs:
         out = tmp_path / f"{run.name}-{protocol.split()[0]}.json"
-        probe(run, "digits --protocol", protocol, FAST, "--out", out)
+        result = probe(run, "digits --protocol", protocol, flags, "--out", out)
     reports = sorted(tmp_path.glob("*.json"))
-    result = probe("table --format markdown", *reports)
-    lines = result.output.strip().splitlines()
-    assert lines[0] == "| encoder | digits knn top1 | digits linear top1 |"
-    assert lines[2].startswith("| run-a | ") and lines[2].endswith(" | - |")
-    assert lines[3].startswith("| run-b | ") and len(lines) == 4
+    knn_a, knn_b = read(reports[0]), read(reports[1])
+    # One baseline for both encoders: measured once, then read from $GENREP_HOME/baselines.
+    assert knn_a["baseline"]["cached"] is False and knn_b["baseline"]["cached"] is True
+    assert knn_b["baseline"]["metrics"] == knn_a["baseline"]["metrics"] == knn_a["metrics"]
+    top1 = knn_b["metrics"]["top1"]
+    assert knn_b["lift"]["top1"] == pytest.approx(top1 - knn_a["metrics"]["top1"])
+    assert read(reports[2])["baseline"] is None and read(reports[2])["lift"] is None
+    assert "lift" not in result.stdout
+    lines = probe("table --format markdown", *reports).output.strip().splitlines()
+    assert lines[0] == "| encoder | digits knn top1 | lift | digits linear top1 | lift |"
+    assert lines[2] == f"| run-a | {knn_a['metrics']['top1']:.2f} | +0.00 | - | - |"
+    assert lines[3].startswith(f"| run-b | {top1:.2f} | {knn_b['lift']['top1']:+.2f} | ")
+    baseline = knn_a["baseline"]["metrics"]["top1"]
+    assert lines[4] == f"| random init resnet18 (seed 0) | {baseline:.2f} | - | - | - |"
+    assert len(lines) == 5
     wide = probe("table --all-metrics", *reports).output.splitlines()[0].split("  ")
     assert [c.strip() for c in wide if c.strip()] == [
         "encoder",
         "digits knn top1",
+        "lift",
         "digits knn top5",
+        "lift",
         "digits linear top1",
+        "lift",
         "digits linear top5",
+        "lift",
     ]
 
 

@@ -1,0 +1,259 @@
+"""From an experiment to work: the cells of its grid and the stage jobs they need.
+
+A job is one stage command with its output (a dataset folder, a run folder, a report). Its folder
+is named by a hash of everything that decides its result (its flags and its input's hash), so
+cells that agree on their generate flags share one dataset, cells that also agree on their train
+flags share one encoder, and a sweep extended with new values reuses every folder it already has.
+
+    SWEEP/data/<labels>-<hash>/          genrep generate --out
+    SWEEP/runs/<labels>-<hash>/          genrep train DATASET --out
+    SWEEP/reports/<labels>-<hash>.json   genrep probe RUN DATASET --out
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from genrep.evaluate.report import read_report
+from genrep.manifest import read_manifest
+from genrep.sweep.experiment import STAGES, Experiment, stage_params
+
+DATA, RUNS, REPORTS, LOGS = "data", "runs", "reports", "logs"
+#: the longest readable part of a folder name
+SLUG_LENGTH = 60
+
+
+@dataclass
+class Job:
+    """One stage command: `argv` follows the launcher (`genrep` or `python -m genrep.cli`)."""
+
+    stage: str
+    id: str
+    out: Path
+    argv: list[str]
+    after: list[str]
+    cells: list[int] = field(default_factory=list)
+
+    def finished(self) -> bool:
+        """Whether its output is complete (a dataset's manifest says so; a report exists). A run is
+        never taken as finished here: its cells' reports say whether it is still needed."""
+        if self.stage == "generate":
+            manifest = read_manifest(self.out) if self.out.is_dir() else None
+            return bool(manifest and manifest.get("complete"))
+        if self.stage == "probe":
+            return report_exists(self.out)
+        return False
+
+
+@dataclass
+class Cell:
+    index: int
+    labels: dict[str, str]
+    values: dict[str, Any]
+    settings: dict[str, dict[str, Any] | None]
+    dataset: Job | None
+    run: Job
+    report: Job
+
+    @property
+    def name(self) -> str:
+        """`sigma=0.1 seed=0`: the cell's labels, each flag axis by its flag's name."""
+        return " ".join(f"{short_name(a)}={label}" for a, label in self.labels.items()) or "base"
+
+
+@dataclass
+class Plan:
+    folder: Path
+    cells: list[Cell]
+    jobs: dict[str, Job]
+
+    def by_stage(self, stage: str) -> list[Job]:
+        return [job for job in self.jobs.values() if job.stage == stage]
+
+
+def short_name(axis: str) -> str:
+    """A flag axis by its flag's name (`generate.sigma` -> `sigma`), a named axis as it is."""
+    return axis.rpartition(".")[2]
+
+
+def report_exists(path: Path) -> bool:
+    """A cell is finished when its report exists (written atomically, the probe's last step)."""
+    if not path.is_file():
+        return False
+    read_report(path)  # a file that is not a report is an error, not a silent rerun
+    return True
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _overrides(experiment: Experiment, choice: tuple[int, ...]) -> list[tuple[str, str, Any]]:
+    """(stage, flag, value) of every flag the cell's axis values set ("" for `generate: false`)."""
+    found = []
+    for axis, index in zip(experiment.axes, choice, strict=True):
+        for stage, flags in axis.settings[index].items():
+            items = [("", False)] if flags is None else flags.items()
+            found += [(stage, flag, value) for flag, value in items]
+    return found
+
+
+def _slug(overrides: list[tuple[str, str, Any]], stages: set[str]) -> str:
+    """A readable name for a job: the flags the axes set for `stages`, e.g. `sigma0.2_seed1`."""
+    parts = [
+        f"{flag}{Path(value).name if isinstance(value, str) else _text(value)}"
+        if flag
+        else "no-data"
+        for stage, flag, value in overrides
+        if stage in stages
+    ]
+    text = re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts)).strip("-")
+    return text[:SLUG_LENGTH].rstrip("-") or "base"
+
+
+def _option_args(param: click.Option, value: Any) -> list[str]:
+    """A setting as the flags a user would type."""
+    flag = param.opts[0]
+    if param.is_flag and param.secondary_opts:
+        return [flag if value else param.secondary_opts[0]]
+    if param.is_flag:
+        return [flag] if value else []
+    if param.multiple:
+        items = value.items() if isinstance(value, dict) else [(None, v) for v in value]
+        return [
+            arg
+            for key, item in items
+            for arg in (flag, _text(item) if key is None else f"{key}={_text(item)}")
+        ]
+    if isinstance(value, (list, tuple)):
+        return [flag, ",".join(map(_text, value))]
+    return [flag, _text(value)]
+
+
+def _text(value: Any) -> str:
+    """A value as YAML reads it back (flags of KEY=VALUE options are YAML-typed)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def stage_args(stage: str, settings: dict[str, Any]) -> list[str]:
+    """The flags for `settings` (parameter name -> value) of a stage; arguments are left out."""
+    params = stage_params(stage)
+    args = []
+    for name, value in settings.items():
+        param = params[name]
+        if value is not None and isinstance(param, click.Option):
+            args += _option_args(param, value)
+    if "progress" in params and "progress" not in settings:
+        args.append("--no-progress")  # job output goes to a log file
+    return args
+
+
+def _cell_settings(experiment: Experiment, choice: tuple[int, ...]) -> dict:
+    settings: dict[str, dict[str, Any] | None] = copy.deepcopy(experiment.base)
+    for axis, index in zip(experiment.axes, choice, strict=True):
+        for stage, flags in axis.settings[index].items():
+            if flags is None:
+                settings[stage] = None
+            elif settings[stage] is not None:
+                settings[stage].update(flags)
+    return settings
+
+
+class Planner:
+    """Builds the cells and their shared jobs, in grid order."""
+
+    def __init__(self, experiment: Experiment, folder: Path) -> None:
+        self.experiment = experiment
+        self.folder = folder.resolve()
+        self.jobs: dict[tuple[str, str], Job] = {}
+
+    def _job(self, stage: str, key: Any, slug: str, make: Any) -> Job:
+        """The job of `key`, made (and named after the first cell that needs it) once."""
+        digest = _digest(key)
+        if (stage, digest) not in self.jobs:
+            self.jobs[stage, digest] = make(f"{stage}-{slug}-{digest}", f"{slug}-{digest}")
+        return self.jobs[stage, digest]
+
+    def cell(self, index: int, choice: tuple[int, ...]) -> Cell:
+        axes = list(self.experiment.axes)
+        labels = {a.name: a.labels[i] for a, i in zip(axes, choice, strict=True)}
+        overrides = _overrides(self.experiment, choice)
+        values = {a.name: a.values[i] for a, i in zip(axes, choice, strict=True)}
+        settings = _cell_settings(self.experiment, choice)
+        dataset = None
+        if settings["generate"] is not None:
+            generate = settings["generate"]
+            dataset = self._job(
+                "generate",
+                generate,
+                _slug(overrides, {"generate"}),
+                lambda job_id, name: Job(
+                    "generate",
+                    job_id,
+                    self.folder / DATA / name,
+                    ["generate", *stage_args("generate", generate)],
+                    [],
+                ),
+            )
+        train = settings["train"]
+        run = self._job(
+            "train",
+            {"data": dataset.id if dataset else None, "train": train},
+            _slug(overrides, {"generate", "train"}),
+            lambda job_id, name: Job(
+                "train",
+                job_id,
+                self.folder / RUNS / name,
+                ["train", *([str(dataset.out)] if dataset else []), *stage_args("train", train)],
+                [dataset.id] if dataset else [],
+            ),
+        )
+        probe = dict(settings["probe"])
+        probe_dataset = probe.pop("dataset")
+        report = self._job(
+            "probe",
+            {"run": run.id, "probe": settings["probe"]},
+            _slug(overrides, set(STAGES)),
+            lambda job_id, name: Job(
+                "probe",
+                job_id,
+                self.folder / REPORTS / f"{name}.json",
+                ["probe", str(run.out), str(probe_dataset), *stage_args("probe", probe)],
+                [run.id],
+            ),
+        )
+        cell = Cell(index, labels, values, settings, dataset, run, report)
+        for job in (dataset, run, report):
+            if job is not None:
+                job.cells.append(index)
+        return cell
+
+    def plan(self) -> Plan:
+        ranges = [range(len(axis.labels)) for axis in self.experiment.axes]
+        cells = [self.cell(i, choice) for i, choice in enumerate(itertools.product(*ranges))]
+        for job in self.jobs.values():
+            job.argv += _outputs(job, cells)
+        order = {stage: i for i, stage in enumerate(STAGES)}
+        jobs = sorted(self.jobs.values(), key=lambda job: order[job.stage])
+        return Plan(self.folder, cells, {job.id: job for job in jobs})
+
+
+def _outputs(job: Job, cells: list[Cell]) -> list[str]:
+    """Where a job writes, and for a probe the row label of its report."""
+    if job.stage != "probe":
+        return ["--out", str(job.out)]
+    return ["--name", cells[job.cells[0]].name, "--out", str(job.out), "--overwrite"]
+
+
+def make_plan(experiment: Experiment, folder: str | Path) -> Plan:
+    """Every cell of the experiment's grid and the jobs that make them, writing under `folder`."""
+    return Planner(experiment, Path(folder)).plan()
