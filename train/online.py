@@ -35,7 +35,7 @@ from genrep.errors import UsageError
 from genrep.generate.image_encoders import Encoded, ImageEncoder
 from genrep.generate.pipeline import Plan, ShardGenerator, base_manifest, make_plan
 from genrep.options import flag_label
-from genrep.shards import sample_key, shard_name, stored_frame
+from genrep.shards import Expected, sample_key, shard_name, stored_frame
 from genrep.train.data import DatasetInfo, Source, TrainingStream
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class GeneratorSource(Source):
         self.options, self.batch_size, self.fresh = options, batch_size, options["stream"]
         self.shard_size, self.neighbors = plan.shard_size, plan.neighbors
         self.device = plan.generator.device
+        # what decoding checks every sample against, as for a shard (ShardSource)
+        self.expected = Expected.of(base_manifest(plan))
         self._plan: Plan | None = plan
         self._generator: ShardGenerator | None = None
 
@@ -90,7 +92,13 @@ class GeneratorSource(Source):
         tag = f"{self.name}/{shard_name(unit)}"  # as ShardSource tags the samples of a shard file
         for index in range(first + start, first + stop):
             key = sample_key(index)
-            yield {"__key__": key, "__uid__": f"{tag}:{key}", "__url__": tag, "__index__": index}
+            yield {
+                "__key__": key,
+                "__uid__": f"{tag}:{key}",
+                "__url__": tag,
+                "__index__": index,
+                "__expected__": self.expected,
+            }
 
     def materialize(self, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The placeholders filled with the members a shard holds for their samples."""
