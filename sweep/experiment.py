@@ -160,7 +160,7 @@ class ExperimentReader:
                 f"axis {left[0]!r} is in neither table.rows, table.columns nor average_over"
             )
         plots = self._plots(data.get("plots"), axes, average)
-        probe_datasets = [s.get("probe", {}).get("dataset") for a in axes for s in a.settings]
+        probe_datasets = [(s.get("probe") or {}).get("dataset") for a in axes for s in a.settings]
         if "dataset" not in base["probe"] and not any(probe_datasets):
             raise self.fail("set probe.dataset in base (e.g. digits) or on an axis")
         return Experiment(
@@ -234,12 +234,13 @@ class ExperimentReader:
         settings: dict[str, dict[str, Any] | None] = {stage: {} for stage in STAGES}
         for key, value in pairs.items():
             stage, name, value = self._dotted(str(key), value, where)
+            flags = settings[stage]
             if not name:
                 settings["generate"] = None
-            elif settings[stage] is None:
+            elif flags is None:
                 raise self.fail(f"{where}: generate: false takes no generate flags")
             else:
-                settings[stage][name] = value
+                flags[name] = value
         return settings
 
     def _axes(self, value: Any, seeds: Any) -> list[Axis]:

@@ -161,10 +161,11 @@ def _cell_settings(experiment: Experiment, choice: tuple[int, ...]) -> dict:
     settings: dict[str, dict[str, Any] | None] = copy.deepcopy(experiment.base)
     for axis, index in zip(experiment.axes, choice, strict=True):
         for stage, flags in axis.settings[index].items():
+            current = settings[stage]
             if flags is None:
                 settings[stage] = None
-            elif settings[stage] is not None:
-                settings[stage].update(flags)
+            elif current is not None:
+                current.update(flags)
     return settings
 
 

@@ -47,6 +47,8 @@ class Result:
     def column_label(self) -> str:
         """What the number is: "<probe dataset> <protocol> <metric>"."""
         report = self.report
+        if report is None:
+            return "not measured"
         return f"{report['dataset']['label']} {report['protocol']} {report['primary_metric']}"
 
 
@@ -153,9 +155,11 @@ def _baseline_row(experiment: Experiment, results: list[Result]) -> list[str]:
     row = ["random init", *[""] * (max(1, len(experiment.rows)) - 1)]
     for column in group(results, experiment.columns).values():
         # One number per distinct baseline record: cells that share a probe share its baseline.
-        records = {
-            r.report["baseline"]["record"]: r.baseline() for r in column if r.baseline() is not None
-        }
+        records: dict[str, float] = {}
+        for r in column:
+            value = r.baseline()
+            if r.report is not None and value is not None:
+                records[r.report["baseline"]["record"]] = value
         row.append(mean_std(list(records.values()), len(records)))
     return row
 
