@@ -158,6 +158,16 @@ def generator_options(command: Callable) -> Callable:
 @click.option("--batch-size", type=int, default=64, help="Images per generator forward pass.")
 @common_options(device=True, precision=True, workers=True, progress=True)
 @click.option("--seed", type=int, default=0)
+@click.option(
+    "--license",
+    default=None,
+    help="License of the images for the dataset card: a hub license id (e.g. apache-2.0, "
+    "cc-by-nc-4.0), or other with --license-name/--license-link. They follow the generator's "
+    "weights, which genrep cannot decide [default: other, linking where the model's weights "
+    "state theirs].",
+)
+@click.option("--license-name", default=None, help="Id of a license not on the hub's list.")
+@click.option("--license-link", default=None, help="URL (or repository file) of that license.")
 @click.option("--out", default=None, help="Output folder [default: shards/<model>-<view>].")
 @click.option("--list", "list_names", is_flag=True, help="List models and views, then exit.")
 def main(

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from genrep.card import DatasetLicense
 from genrep.config import to_plain
 from genrep.errors import OutputError, UsageError
 from genrep.generate.image_encoders import ImageEncoder, build_encoder
@@ -63,6 +64,8 @@ class Plan:
     precision: str
     out: Path
     config: dict[str, Any] = field(default_factory=dict)
+    #: what the dataset card states as its license (not part of the identity: no byte depends on it)
+    license: DatasetLicense = field(default_factory=DatasetLicense)
 
     @property
     def num_shards(self) -> int:
@@ -197,6 +200,12 @@ def make_plan(
         precision=precision,
         out=out,
         config=dict(options),
+        license=DatasetLicense.from_options(
+            generator.weights_license,
+            options.get("license"),
+            options.get("license_name"),
+            options.get("license_link"),
+        ),
     )
 
 
@@ -462,6 +471,7 @@ def base_manifest(plan: Plan) -> dict[str, Any]:
         shard_size=plan.shard_size,
         identity=plan.identity(),
         config=plan.config,
+        license=plan.license.to_dict(),
     )
 
 

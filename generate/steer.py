@@ -47,7 +47,7 @@ from genrep.latents import sample_rng, truncated_normal
 from genrep.options import PRECISIONS, SlowJobWarning, autocast_dtype, resolve_precision
 
 CHECKPOINT_FORMAT = "genrep-walks-checkpoint"
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "sgd": torch.optim.SGD,

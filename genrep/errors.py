@@ -69,6 +69,10 @@ class CheckpointError(UserError):
     """A file that is not a usable checkpoint, backbone or walk file."""
 
 
+class NetworkError(UserError):
+    """A remote dataset or dataset hub that could not be reached, or refused the request."""
+
+
 class OutputError(UsageError):
     """An output path that genrep will not write to (it would overwrite what it does not own)."""
 
@@ -78,7 +82,7 @@ class _CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
 def one_line(text: str) -> str:

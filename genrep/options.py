@@ -196,11 +196,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a YAML mapping of flag names to values")
     # A key may be the flag's name (`format`, `batch-size`) or its Python name (`batch_size`).
-    params = {}
-    for param in ctx.command.params:
-        if param.name and param.expose_value:
-            for name in (param.name, *(opt.lstrip("-") for opt in getattr(param, "opts", ()))):
-                params[name.replace("-", "_")] = param
+    params: dict[str, click.Parameter] = {}
+    for option in ctx.command.params:
+        if option.name and option.expose_value:
+            for name in (option.name, *(opt.lstrip("-") for opt in getattr(option, "opts", ()))):
+                params[name.replace("-", "_")] = option
     defaults = {}
     for key, value in data.items():
         if str(key) == "out":

@@ -32,7 +32,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from genrep.errors import UsageError, UserError, one_line, warn
 from genrep.io import sha256_file
@@ -318,7 +318,7 @@ class Registry(Generic[T]):
         An entry that takes `**kwargs` accepts any option; its named parameters are still listed.
         """
         entry = self.get(name)
-        parameters = list(inspect.signature(entry).parameters.values())
+        parameters = list(_signature(entry).parameters.values())
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         skipped = 0
         options = {}
@@ -333,7 +333,7 @@ class Registry(Generic[T]):
         return options
 
     def takes_any_option(self, name: str) -> bool:
-        parameters = inspect.signature(self.get(name)).parameters.values()
+        parameters = _signature(self.get(name)).parameters.values()
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
     def check_options(
@@ -345,8 +345,9 @@ class Registry(Generic[T]):
         **options: Any,
     ) -> dict[str, Any]:
         """The options entry `name` is built with: those given, less those set to None (the
-        entry's default); an option the entry does not take is a `RegistryError` naming the
-        options it does take, shown with `option_label` (e.g. as flags)."""
+        entry's default); an option the entry does not take, or a required one left out, is a
+        `RegistryError` naming the options it does take, shown with `option_label` (e.g. as
+        flags)."""
         canonical = self.canonical(name)
         options = {key: value for key, value in options.items() if value is not None}
         accepted = self.options(canonical, context)
@@ -356,6 +357,15 @@ class Registry(Generic[T]):
             raise RegistryError(
                 f"{self.kind} {canonical!r} does not take {', '.join(map(option_label, unknown))}; "
                 f"it takes: {takes}"
+            )
+        missing = [
+            key
+            for key, parameter in accepted.items()
+            if parameter.default is inspect.Parameter.empty and key not in options
+        ]
+        if missing:
+            raise RegistryError(
+                f"{self.kind} {canonical!r} needs {', '.join(map(option_label, missing))}"
             )
         return options
 
@@ -369,7 +379,13 @@ class Registry(Generic[T]):
         """Build entry `name` with genrep's `context` and the user's `options` (see
         `check_options`)."""
         options = self.check_options(name, len(context), option_label=option_label, **options)
-        return self.get(name)(*context, **options)
+        factory = cast(Callable[..., Any], self.get(name))
+        return factory(*context, **options)
+
+
+def _signature(entry: object) -> inspect.Signature:
+    """The signature of a registered class or function (entries are callables by contract)."""
+    return inspect.signature(cast(Callable[..., Any], entry))
 
 
 def _dist_info(entry_point: importlib.metadata.EntryPoint) -> dict[str, str]:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
 from torch import nn
 
 from genrep.encoders import build_backbone
-from genrep.errors import CheckpointError, OutputError
-from genrep.io import atomic_torch_save, sha256_file
-from genrep.safeload import load_tensors, state_dict_mismatch
+from genrep.errors import CheckpointError, OutputError, UsageError
+from genrep.io import atomic_torch_save, atomic_write_bytes, sha256_file
+from genrep.safeload import load_safetensors, load_tensors, state_dict_mismatch
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.pth"
@@ -35,7 +35,10 @@ DEFAULT_ARCH = "resnet50"
 #: prefixes that training frameworks put around a backbone's own key names
 KEY_PREFIXES = ("module.", "backbone.", "encoder.")
 
-_ADVICE = "pass a genrep-train run folder, its checkpoint.pt, or a state dict saved with torch.save"
+_ADVICE = (
+    "pass a genrep-train run folder, its checkpoint.pt, a backbone.safetensors, or a state dict "
+    "saved with torch.save"
+)
 
 
 def is_run_folder(path: str | os.PathLike) -> bool:
@@ -73,7 +76,7 @@ class Backbone:
     model: nn.Module
     arch: str
     path: Path
-    kind: str  # "run-folder" | "training-checkpoint" | "state-dict"
+    kind: str  # "run-folder" | "training-checkpoint" | "safetensors" | "state-dict"
     sha256: str
     feature_dim: int
     step: int | None = None
@@ -140,8 +143,9 @@ def _agree(requested: str | None, recorded: Any, where: Path) -> str:
 
 def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
     """The frozen encoder stored at `path`, on the CPU: a run folder (`backbone.pth` +
-    `config.yaml`), a training `checkpoint.pt`, or a bare torchvision state dict (`arch` names
-    its architecture, default resnet50)."""
+    `config.yaml`), a training `checkpoint.pt`, a `.safetensors` backbone of genrep-export (its
+    metadata names the architecture), or a bare torchvision state dict (`arch` names its
+    architecture, default resnet50)."""
     path = Path(path).resolve()
     step, config = None, None
     if path.is_dir():
@@ -155,6 +159,11 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
         arch = _agree(arch, config.get("arch"), path / CONFIG)
         kind = "run-folder"
         state = load_tensors(weights, what="a backbone state dict", advice=_ADVICE)
+    elif path.suffix == SAFETENSORS_SUFFIX:
+        weights = path
+        state, metadata = load_safetensors(path, what="a backbone", advice=_ADVICE)
+        arch = _agree(arch, metadata.get("arch"), path)
+        kind = "safetensors"
     else:
         weights = path
         loaded = load_tensors(path, what="a checkpoint or state dict", advice=_ADVICE)
@@ -171,7 +180,9 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
             arch = arch or DEFAULT_ARCH
             kind, state = "state-dict", loaded.get("state_dict", loaded)
     model = fit_backbone(arch, state, weights).eval().requires_grad_(False)
-    return Backbone(model, arch, path, kind, sha256_file(weights), model.feature_dim, step, config)
+    return Backbone(
+        model, arch, path, kind, sha256_file(weights), cast(int, model.feature_dim), step, config
+    )
 
 
 def random_backbone(arch: str, seed: int) -> nn.Module:
@@ -183,13 +194,40 @@ def random_backbone(arch: str, seed: int) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+#: file formats of an exported backbone: torch.save (`.pth`, `.pt`) or safetensors
+EXPORT_FORMATS = ("torch", "safetensors")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def export_format(out: str | os.PathLike, format: str | None = None) -> str:
+    """The format of an export: `format` if given, else chosen by OUT's extension."""
+    if format is None:
+        return "safetensors" if Path(out).suffix == SAFETENSORS_SUFFIX else "torch"
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    return format
+
+
+def save_safetensors(state: dict[str, torch.Tensor], out: Path, metadata: dict[str, str]) -> None:
+    """Write a state dict as a safetensors file, atomically."""
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    atomic_write_bytes(out, save(tensors, metadata=metadata))
+
+
 def export_backbone(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    format: str | None = None,
 ) -> str:
     """Write the backbone of a checkpoint (or run folder) to `out` as a plain state dict, checked to
-    load strictly; returns its architecture. An existing `out` is replaced only with `overwrite`,
-    and never when it is the checkpoint itself."""
+    load strictly; returns its architecture. `format` is `torch` (torch.save) or `safetensors`
+    (metadata: `arch`), by default chosen by OUT's extension. An existing `out` is replaced only
+    with `overwrite`, and never when it is the checkpoint itself."""
     out = Path(out)
+    format = export_format(out, format)
     source = Path(checkpoint)
     source_file = source / CHECKPOINT if source.is_dir() else source
     if out.exists() and source_file.exists() and out.resolve() == source_file.resolve():
@@ -203,5 +241,9 @@ def export_backbone(
     loaded = load_checkpoint(checkpoint)
     arch = loaded["config"]["arch"]
     fit_backbone(arch, loaded["backbone"], source_file)
-    atomic_torch_save(loaded["backbone"], out)
+    if format == "safetensors":
+        metadata = {"format": "pt", "arch": arch, "source_sha256": sha256_file(source_file)}
+        save_safetensors(strip_state_dict(loaded["backbone"]), out, metadata)
+    else:
+        atomic_torch_save(loaded["backbone"], out)
     return arch

@@ -76,6 +76,25 @@ def load_tensors(
         raise error(f"{path} is not {what}: {refusal_reason(err)}; {advice}") from None
 
 
+def load_safetensors(
+    path: str | os.PathLike, *, what: str, advice: str, error: type[UserError] = CheckpointError
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the string metadata of a `.safetensors` file (a format that holds only
+    tensors: nothing in it can run code); any failure is one `error` naming the file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} does not exist; {advice}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
+    except Exception as err:  # a corrupt header surfaces as several exception types
+        raise error(
+            f"{path} is not {what}: unreadable safetensors ({one_line(str(err))[:160]}); {advice}"
+        ) from None
+
+
 #: keys shown per kind of mismatch in a state-dict error
 _SHOWN_KEYS = 4
 

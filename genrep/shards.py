@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from genrep.errors import ShardFormatError
+from genrep.remote import Location, open_file
 
 # webdataset is imported inside the functions that use it: it imports torch, which encoder
 # processes (they only run `encode_images`) should not pay for.
@@ -217,11 +218,12 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
     return Sample(key, anchor, neighbors, label, latent, neighbor_latents, meta)
 
 
-def iter_raw_samples(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Raw member groups of one shard, in order: webdataset's tar grouping, no decoding."""
+def iter_raw_samples(path: Location, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Raw member groups of one shard (a file or a URL; at most `limit` bytes when given, its
+    manifest size), in order: webdataset's tar grouping, no decoding."""
     import webdataset as wds
 
-    with open(path, "rb") as stream:
+    with open_file(path, limit) as stream:
         members = (
             {**member, "__url__": str(path)}
             for member in wds.tariterators.tar_file_iterator(stream)

@@ -9,7 +9,8 @@ import click
 from genrep.encoders import resnet_names
 from genrep.errors import Command
 from genrep.options import RegistryChoice, common_options, config_option
-from genrep.runs import export_backbone
+from genrep.remote import DatasetLocation
+from genrep.runs import EXPORT_FORMATS, export_backbone
 from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TrainConfig
 from genrep.train.objectives import OBJECTIVES
 from genrep.train.objectives.base import BASE_TEMPERATURE, PROJECTION_DIM, TEMPERATURE
@@ -34,7 +35,7 @@ def _takers(option: str) -> str:
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @config_option
-@click.argument("shards", nargs=-1, type=click.Path(exists=True, file_okay=False))
+@click.argument("shards", nargs=-1, type=DatasetLocation())
 @click.option(
     "--real",
     type=click.Path(exists=True, file_okay=False),
@@ -182,13 +183,23 @@ def main(**options: Any) -> None:
 @config_option
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("out", type=click.Path())
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(EXPORT_FORMATS),
+    default=None,
+    help="torch (torch.save) or safetensors [default: by OUT's extension: .safetensors or torch].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export_main(checkpoint: str, out: str, overwrite: bool) -> None:
+def export_main(checkpoint: str, out: str, format_: str | None, overwrite: bool) -> None:
     """Write the backbone of CHECKPOINT (a checkpoint.pt or run folder) to OUT as a state dict.
 
-    OUT loads with strict=True into torchvision.models.<arch>() whose fc is torch.nn.Identity().
+    OUT loads with strict=True into torchvision.models.<arch>() whose fc is torch.nn.Identity(),
+    and into timm, whose ResNets use the same names:
+    timm.create_model(ARCH, num_classes=0, checkpoint_path=OUT). A .safetensors OUT records its
+    architecture in the file's metadata (`arch`).
     """
-    arch = export_backbone(checkpoint, out, overwrite=overwrite)
+    arch = export_backbone(checkpoint, out, overwrite=overwrite, format=format_)
     click.echo(f"wrote the {arch} backbone of {checkpoint} to {out}", err=True)
 
 

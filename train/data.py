@@ -33,6 +33,7 @@ from torchvision.datasets import ImageFolder
 
 from genrep.errors import DataError, ShardFormatError, UsageError
 from genrep.manifest import content_hash, find_dataset, load_dataset
+from genrep.remote import Location, dataset_name, is_remote
 from genrep.shards import IMAGE_FORMATS, PAPER_SIDE, decode_sample, iter_raw_samples, stored_frame
 from genrep.train.tx import Transform
 
@@ -43,9 +44,9 @@ REAL_IMAGE_SIZE = 128
 class Source:
     """An ordered list of units (shards or image files), each holding a known number of samples."""
 
-    def __init__(self, name: str, units: Sequence[Path], counts: Sequence[int]) -> None:
+    def __init__(self, name: str, units: Sequence[Any], counts: Sequence[int]) -> None:
         self.name = name
-        self.units = [Path(u) for u in units]
+        self.units = list(units)
         self.counts = np.asarray(counts, dtype=np.int64)
 
     @property
@@ -77,13 +78,21 @@ class Source:
 
 
 class ShardSource(Source):
-    """The shards of one or more genrep datasets, concatenated."""
+    """The shards of one or more genrep datasets (in folders or at URLs), concatenated; each is
+    read up to its size in the manifest (`sizes`)."""
+
+    def __init__(
+        self, name: str, units: Sequence[Location], counts: Sequence[int], sizes: Sequence[int]
+    ) -> None:
+        super().__init__(name, units, counts)
+        self.sizes = list(sizes)
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
         path = self.units[unit]
-        tag = f"{path.parent.name}/{path.name}"
+        # the dataset's name and the shard's: alike for a folder and its URL, so are the Tx seeds
+        tag = "/".join(str(path).rstrip("/").rsplit("/", 2)[-2:])
         try:
-            for raw in itertools.islice(iter_raw_samples(path), start, stop):
+            for raw in itertools.islice(iter_raw_samples(path, self.sizes[unit]), start, stop):
                 raw["__uid__"] = f"{tag}:{raw.get('__key__')}"
                 yield raw
         except (OSError, ValueError) as err:  # a truncated or damaged tar
@@ -94,7 +103,7 @@ class ImageFileSource(Source):
     """A real image folder in ImageFolder layout (class sub-folders), one unit per file."""
 
     def __init__(self, root: Path, files: list[tuple[str, int]], classes: list[str]) -> None:
-        super().__init__(root.name, [f for f, _ in files], [1] * len(files))
+        super().__init__(root.name, [Path(f) for f, _ in files], [1] * len(files))
         self.root = root
         self.labels = [label for _, label in files]
         self.classes = classes
@@ -141,15 +150,18 @@ class DatasetInfo:
         return min(PAPER_SIDE, self.image_size) if self.center_crop else self.image_size
 
 
-def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict[str, Any]]:
+def open_shard_folders(folders: Sequence[Location]) -> tuple[ShardSource, dict[str, Any]]:
     """Shards of the dataset folders (via their manifests) and what they hold in common."""
-    paths, counts, manifests, names = [], [], [], []
+    paths: list[Location] = []
+    counts, sizes, manifests, names = [], [], [], []
     for folder in folders:
         manifest, shard_paths = load_dataset(folder)  # a ManifestError is a DataError
-        names.append(find_dataset(folder).resolve().name)
+        remote = is_remote(folder)
+        names.append(dataset_name(str(folder)) if remote else find_dataset(folder).resolve().name)
         manifests.append(manifest)
         paths += shard_paths
         counts += [int(entry["samples"]) for entry in manifest["shards"]]
+        sizes += [int(entry["bytes"]) for entry in manifest["shards"]]
     z_dims = {m["generator"]["z_dim"] for m in manifests}
     conditional = {m["generator"]["num_classes"] > 0 for m in manifests}
     classes = None
@@ -170,7 +182,7 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
             f"these datasets store frames that App. A crops differently ({described}): train on "
             "datasets made with the same genrep-generate --frame and --size"
         )
-    summary = {
+    summary: dict[str, Any] = {
         "name": "+".join(names),
         "size": sum(counts),
         "image_size": max(frame.short_side for frame in frames.values()),
@@ -182,7 +194,7 @@ def open_shard_folders(folders: Sequence[str | Path]) -> tuple[ShardSource, dict
         if len(hashes) == 1
         else hashlib.sha256("\n".join(hashes).encode()).hexdigest(),
     }
-    return ShardSource(summary["name"], paths, counts), summary
+    return ShardSource(summary["name"], paths, counts, sizes), summary
 
 
 def open_image_folder(root: str | Path) -> ImageFileSource:
@@ -198,7 +210,7 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
 
 
 def open_data(
-    shard_folders: Sequence[str | Path], real: str | Path | None, real_fraction: float | None
+    shard_folders: Sequence[Location], real: str | Path | None, real_fraction: float | None
 ) -> DatasetInfo:
     """Open the training input named on the command line, checking the combination makes sense
     (a combination of flags that does not is a UsageError, data that cannot be read a DataError)."""

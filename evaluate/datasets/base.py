@@ -63,24 +63,31 @@ class ProbeDataset(ABC):
     def _scan(self) -> None:
         """Fill `classes`, `items` and `targets` for both splits, or raise `fail(...)`."""
 
+    @property
+    def folder(self) -> Path:
+        """The root folder of a dataset read from files (in-memory datasets have none)."""
+        if self.root is None:
+            raise TypeError(f"dataset {self.name} reads no files")
+        return self.root
+
     def fail(self, problem: str) -> DataError:
         return DataError(f"{problem}; dataset {self.name} expects {self.layout}")
 
     def _require_files(self, split: str) -> None:
         for item in self.items[split]:
-            if not (self.root / item).is_file():
-                raise self.fail(f"{self.root / item} is missing")
+            if not (self.folder / item).is_file():
+                raise self.fail(f"{self.folder / item} is missing")
 
     def load_image(self, split: str, index: int) -> Image.Image:
         """Image `index` of `split` as RGB; an unreadable file is a `DataError` naming it (also
         from a DataLoader worker, whose errors reach the command as one line)."""
-        path = self.root / self.items[split][index]
+        path = self.folder / self.items[split][index]
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")
         except (OSError, Image.DecompressionBombError) as err:
             raise DataError(
-                f"cannot read image {path} ({one_line(err)}); replace or remove it"
+                f"cannot read image {path} ({one_line(str(err))}); replace or remove it"
             ) from None
 
     def extra_identity(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def faiss_search(
     """Exact inner-product search with a faiss flat index (a GPU index on a CUDA device)."""
     import faiss
 
-    index = faiss.IndexFlatIP(train.shape[1])
+    index: faiss.Index = faiss.IndexFlatIP(train.shape[1])
     if device.type == "cuda" and faiss_gpu_available():
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
     index.add(train)
@@ -77,11 +77,11 @@ def weighted_votes(
 ) -> np.ndarray:
     """Class scores [Nq, C] from each query's neighbours (sorted most similar first): every neighbour
     votes for its class with weight exp(similarity / temperature), as in Wu et al. 2018."""
-    similarity = torch.from_numpy(np.asarray(similarity, dtype=np.float32))
+    scores = torch.from_numpy(np.asarray(similarity, dtype=np.float32))
     # Shifting by each row's best similarity rescales its votes alike and keeps exp() finite.
-    weights = torch.exp((similarity - similarity[:, :1]) / temperature)
+    weights = torch.exp((scores - scores[:, :1]) / temperature)
     labels = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
-    votes = torch.zeros(len(similarity), num_classes, dtype=torch.float32)
+    votes = torch.zeros(len(scores), num_classes, dtype=torch.float32)
     votes.scatter_add_(1, labels[torch.from_numpy(np.asarray(neighbors, dtype=np.int64))], weights)
     return votes.numpy()
 

@@ -40,7 +40,10 @@ UNITS: dict[str, str] = {
 
 
 def _edit_alphas(
-    edit: Edit, alphas: Mapping[str, torch.Tensor], batch: int, device: torch.device
+    edit: Edit,
+    alphas: Mapping[str, torch.Tensor | np.ndarray | float],
+    batch: int,
+    device: torch.device,
 ) -> torch.Tensor:
     columns = [
         torch.as_tensor(alphas[w], dtype=torch.float64, device=device).reshape(batch)
@@ -52,7 +55,7 @@ def _edit_alphas(
 
 
 def compose(
-    alphas: Mapping[str, torch.Tensor],
+    alphas: Mapping[str, torch.Tensor | np.ndarray | float],
     batch: int,
     height: int,
     width: int,

@@ -1,5 +1,3 @@
-"""Color: an offset added to each channel of the [-1, 1] image (one walk per channel)."""
-
 from __future__ import annotations
 
 from genrep.generate.edits.base import EDITS, Edit
@@ -7,6 +5,8 @@ from genrep.generate.edits.base import EDITS, Edit
 
 @EDITS.register("color")
 class Color(Edit):
+    """Color: an offset added to each channel of the [-1, 1] image (one walk per channel)."""
+
     walks = ("color_r", "color_g", "color_b")
     default_range = 0.5  # Jahanian et al. and GenRep: uniform in [-0.5, 0.5) per channel
     order = 0

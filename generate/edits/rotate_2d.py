@@ -1,5 +1,3 @@
-"""2D rotation in the image plane, about the center."""
-
 from __future__ import annotations
 
 import torch
@@ -9,6 +7,8 @@ from genrep.generate.edits.base import EDITS, Edit, identity_matrices
 
 @EDITS.register("rotate_2d", aliases=["rot2d"])
 class Rotate2D(Edit):
+    """2D rotation in the image plane, about the center."""
+
     walks = ("rotate_2d",)
     default_range = 30.0  # GenRep: +-30 degrees
     order = 2

@@ -1,5 +1,3 @@
-"""3D rotation of the image plane about its vertical axis, through a pinhole camera."""
-
 from __future__ import annotations
 
 import math
@@ -11,6 +9,8 @@ from genrep.generate.edits.base import EDITS, Edit, identity_matrices
 
 @EDITS.register("rotate_3d", aliases=["rot3d"])
 class Rotate3D(Edit):
+    """3D rotation of the image plane about its vertical axis, through a pinhole camera."""
+
     walks = ("rotate_3d",)
     default_range = 60.0  # GenRep: +-60 degrees
     order = 1

@@ -7,6 +7,8 @@ from genrep.generate.edits.base import EDITS, Edit, identity_matrices
 
 @EDITS.register("shift_x")
 class ShiftX(Edit):
+    """Shift along x: the content moves right by a fraction of the image width."""
+
     walks = ("shift_x",)
     default_range = 0.4  # GenRep: +-100 px of 256
     order = 4
@@ -27,6 +29,8 @@ class ShiftX(Edit):
 
 @EDITS.register("shift_y")
 class ShiftY(ShiftX):
+    """Shift along y: the content moves down by a fraction of the image height."""
+
     walks = ("shift_y",)
     order = 5
     unit = "fraction of the height, + moves content down"

@@ -1,5 +1,3 @@
-"""Zoom: the crop (alpha < 1) or pad (alpha > 1) factor of Jahanian et al.; the walk moves log(alpha)."""
-
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +7,8 @@ from genrep.generate.edits.base import EDITS, Edit, identity_matrices
 
 @EDITS.register("zoom")
 class Zoom(Edit):
+    """Zoom: the crop (alpha < 1) or pad (alpha > 1) factor of Jahanian et al.; the walk moves log(alpha)."""
+
     walks = ("zoom",)
     identity = 1.0
     default_range = 4.0  # Jahanian et al. 2020 and GenRep: alpha in [1/4, 4]

@@ -8,6 +8,7 @@ Generators come from this package, from installed packages (entry-point group
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError
 from genrep.registry import BUILTIN_SOURCE, PluginError, Registry
 
@@ -53,6 +55,10 @@ class Generator(nn.Module):
     source: dict[str, Any] = BUILTIN_SOURCE
     #: why view `steer` cannot be used with this generator; empty when it can
     not_steerable: ClassVar[str] = ""
+    #: the license of the weights, which the images follow (the dataset card's default; the
+    #: user's `genrep-generate --license` overrides it): `other` with a link where genrep knows
+    #: where the weights' license is stated
+    weights_license: DatasetLicense = DatasetLicense()
 
     @property
     def conditional(self) -> bool:
@@ -61,10 +67,9 @@ class Generator(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the generator's tensors live: where its inputs must go."""
-        tensor = next(iter(self.parameters()), None)
-        if tensor is None:
-            tensor = next(iter(self.buffers()), torch.zeros(0))
-        return tensor.device
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     @property
     def frame(self) -> tuple[int, int]:

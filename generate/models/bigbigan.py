@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.card import DatasetLicense
 from genrep.errors import WeightsError
 from genrep.generate.models._layers import SelfAttention, load_strict
 from genrep.generate.models.base import GENERATORS, Generator
@@ -41,6 +42,9 @@ SN_EPS = 1e-4
 
 class ConditionalBatchNorm(nn.Module):
     """Batch norm with stored statistics and a gain/bias linear in (embedding, z chunk)."""
+
+    stored_mean: torch.Tensor
+    stored_var: torch.Tensor
 
     def __init__(self, channels: int, condition_dim: int) -> None:
         super().__init__()
@@ -78,6 +82,9 @@ class GBlock(nn.Module):
 
 
 class OutputBatchNorm(nn.Module):
+    stored_mean: torch.Tensor
+    stored_var: torch.Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.gain = nn.Parameter(torch.ones(channels))
@@ -128,7 +135,8 @@ class BigBiGAN(Generator):
         chunks = torch.split(z, self.chunk, dim=1)
         embedding = self.shared.weight[0].expand(z.shape[0], -1)  # unconditional: one embedding
         h = self.linear(chunks[0]).view(z.shape[0], -1, 4, 4)
-        for stage, chunk in zip(self.blocks, chunks[1:], strict=True):
+        stages = cast("list[nn.ModuleList]", self.blocks)
+        for stage, chunk in zip(stages, chunks[1:], strict=True):
             condition = torch.cat([embedding, chunk], dim=1)
             h = stage[0](h, condition)
             for attention in stage[1:]:
@@ -214,4 +222,8 @@ def build_bigbigan(
         model = BigBiGAN(**infer_architecture(state, source))
     load_strict(model, convert_state_dict(state, source), source)
     model.weights_sha256 = resolved.sha256
+    if weights is None:  # DeepMind's TF-Hub module, converted by Voynov et al.
+        model.weights_license = DatasetLicense(
+            link="https://tfhub.dev/deepmind/bigbigan-resnet50/1"
+        )
     return model.to(device)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError, WeightsError
 from genrep.generate.models._layers import (
     SelfAttention,
@@ -66,6 +67,11 @@ def bn_statistics_index(truncation: float, n_stats: int) -> tuple[int, float]:
 
 class ConditionalBatchNorm(nn.Module):
     """Batch norm with stored statistics per truncation and a class/z-conditional gain and bias."""
+
+    running_means: torch.Tensor
+    running_vars: torch.Tensor
+    inv_std: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, channels: int, condition_dim: int | None, n_stats: int, eps: float) -> None:
         super().__init__()
@@ -272,7 +278,10 @@ def _build(
     truncation = as_float("bn_truncation", bn_truncation)
     bn_statistics_index(truncation, config["n_stats"])  # fail before any download
     resolved = resolve_weights(weights_spec(name), weights, model=name)
-    return load_biggan_deep(resolved.path, config, truncation, resolved.sha256).to(device)
+    model = load_biggan_deep(resolved.path, config, truncation, resolved.sha256)
+    if weights is None:  # DeepMind's TF-Hub module, converted by pytorch_pretrained_biggan
+        model.weights_license = DatasetLicense(link=f"https://tfhub.dev/deepmind/{name}/1")
+    return model.to(device)
 
 
 def _register(name: str, aliases: tuple[str, ...] = ()) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import yaml
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError, WeightsError, one_line
 from genrep.generate.models._layers import as_float
 from genrep.generate.models.base import GENERATORS, Generator
@@ -280,7 +281,7 @@ def load_components(root: Path) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    local = {"local_files_only": True}
+    local: dict[str, Any] = {"local_files_only": True}
     try:
         with _quiet_libraries():
             unet = UNet2DConditionModel.from_pretrained(
@@ -483,4 +484,8 @@ def build_diffusers(
         resolution=resolution,
     )
     generator.weights_sha256 = pipeline_sha256(root)
+    hub_id = weights or DEFAULT_PIPELINE
+    if not Path(hub_id).expanduser().exists() and HUB_ID.fullmatch(hub_id):
+        # a Hub model states its license on its page
+        generator.weights_license = DatasetLicense(link=f"https://huggingface.co/{hub_id}")
     return generator.to(device)

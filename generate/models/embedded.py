@@ -23,6 +23,7 @@ import math
 import numpy as np
 import torch
 
+from genrep.card import DatasetLicense
 from genrep.errors import UsageError
 from genrep.generate.models.base import GENERATORS, Generator, parameters_sha256
 
@@ -37,6 +38,8 @@ class EmbeddedGenerator(Generator):
     """A fixed random style-based network; `num_classes > 0` makes it class-conditional."""
 
     default_truncation = 2.0
+    #: its weights are genrep's own (a function of a seed), under genrep's license
+    weights_license = DatasetLicense("mit", None, None)
 
     def __init__(
         self,
@@ -152,8 +155,7 @@ class EmbeddedGenerator(Generator):
         )  # B, 2F, W
         gain = 1 + 0.5 * torch.tanh(z @ self.style_hidden)  # B, hidden
         color = (z @ self.color_dirs.T) * COLOR_PER_UNIT  # B, 3
-        f32 = {"dtype": torch.float32}
-        rows, cols, gain, color = rows.to(**f32), cols.to(**f32), gain.to(**f32), color.to(**f32)
+        rows, cols, gain, color = (t.to(torch.float32) for t in (rows, cols, gain, color))
         images = []
         # One image at a time: every image's arithmetic has the same shapes whatever batch it came
         # in, so its pixels are identical for any --batch-size; the working set stays in cache.
@@ -183,7 +185,7 @@ def build_embedded(
     num_classes = 0
     if classes is not None:
         try:
-            num_classes = int(classes)
+            num_classes = int(str(classes))
         except (TypeError, ValueError):
             raise UsageError(
                 f"--classes for the embedded generator is a number of classes K, got {classes!r}"

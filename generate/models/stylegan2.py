@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genrep.card import DatasetLicense
 from genrep.errors import WeightsError
 from genrep.generate.models._layers import as_float, load_strict
 from genrep.generate.models.base import GENERATORS, Generator
@@ -52,6 +53,8 @@ CAR_WEIGHTS = WeightsSpec(
     ("http://wednesday.csail.mit.edu/placesgan/tracer/utils/stylegan2/weights/stylegan2_car.pt",),
 )
 CAR_ROWS = (64, 448)
+#: where NVIDIA states the license of its StyleGAN2 networks
+NVIDIA_LICENSE = "https://nvlabs.github.io/stylegan2/license.html"
 
 
 def blur_kernel(gain: float = 1.0) -> torch.Tensor:
@@ -98,6 +101,8 @@ class PixelNorm(nn.Module):
 
 
 class Blur(nn.Module):
+    kernel: torch.Tensor
+
     def __init__(self, pad: tuple[int, int], gain: float) -> None:
         super().__init__()
         self.pad = pad
@@ -109,6 +114,8 @@ class Blur(nn.Module):
 
 class Upsample(nn.Module):
     """2x FIR upsampling of the skip images."""
+
+    kernel: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -348,7 +355,10 @@ def _module_tensors(obj: PersistentObject, prefix: str = "") -> dict[str, torch.
     return out
 
 
-def _child(obj: PersistentObject, name: str) -> PersistentObject | None:
+def _child(obj: PersistentObject | None, name: str) -> PersistentObject | None:
+    """A submodule of a pickled module, or None where it (or the module) is missing."""
+    if obj is None:
+        return None
     child = (obj.state.get("_modules") or {}).get(name)
     return child if isinstance(child, PersistentObject) else None
 
@@ -540,6 +550,7 @@ def build_stylegan2_car(
     """The paper's LSUN Car generator: psi 0.9, letterbox rows removed, gaussian views std 0.25."""
     psi = as_float("truncation_psi", truncation_psi)
     resolved = resolve_weights(CAR_WEIGHTS, weights, model="stylegan2-car")
-    return build_stylegan2_from(resolved.path, resolved.sha256, psi, rows=CAR_ROWS, sigma=0.25).to(
-        device
-    )
+    model = build_stylegan2_from(resolved.path, resolved.sha256, psi, rows=CAR_ROWS, sigma=0.25)
+    if weights is None:  # NVIDIA's LSUN Car network
+        model.weights_license = DatasetLicense(link=NVIDIA_LICENSE)
+    return model.to(device)

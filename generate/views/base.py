@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from genrep.generate.models.base import Generator
+from genrep.options import flag_label
 from genrep.registry import Registry
 
 VIEWS: Registry[type[View]] = Registry("view", packages=["genrep.generate.views"])
@@ -37,11 +38,6 @@ class View:
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """K neighbor latents (k x z_dim, float32) and one dict of parameters per neighbor."""
         raise NotImplementedError
-
-
-def flag_label(name: str) -> str:
-    """An option name as the flag a user types."""
-    return "--" + name.replace("_", "-")
 
 
 def build_view(name: str, generator: Generator, **options: Any) -> View:

@@ -1,0 +1,335 @@
+"""Reshaping a dataset you received: a subset of its anchors (`genrep-shards subset`) or other
+shard sizes (`genrep-shards reshard`), written as a new dataset folder of the same format.
+
+Samples are copied byte for byte: the format's members of each selected sample go into the new
+shards unchanged and undecoded (nothing is re-encoded), under the key they had, so a sample's key
+stays the global index that generated it and the parent's `config.yaml` regenerates it. Keys
+increase through the new shards but skip numbers where a subset leaves samples out; a shard's
+`first_index` is the key of its first sample. The new manifest records its parent (identity and
+content hash) in `parent`. The parent is untrusted input: its shards' checksums are checked before
+they are read, only the format's members are copied, and every copied sample must have the members
+its manifest promises, its key and its class.
+
+Output follows the rules of `genrep-generate --out`: shards appear complete or not at all, a
+rerun of the same command resumes, and a folder holding anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from genrep.errors import OutputError, ShardFormatError, UsageError
+from genrep.io import atomic_open, remove_stale_tmp, sha256_file
+from genrep.manifest import (
+    check_identity,
+    content_hash,
+    find_dataset,
+    load_dataset,
+    new_manifest,
+    read_manifest,
+    update_manifest,
+)
+from genrep.remote import Location, dataset_name, is_remote, sha256_of
+from genrep.shards import iter_raw_samples, shard_name, stored_frame, write_shard
+
+#: the member names of the format (after the key), shards/README.md
+MEMBER_RE = re.compile(
+    r"^(anchor\.(jpg|png|webp)|neighbor_\d+\.(jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
+)
+KEY_RE = re.compile(r"^\d{9,}$")
+#: the longest `cls` member read (a class id in ASCII decimal)
+MAX_CLASS_BYTES = 20
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which anchors of the parent a reshaped dataset keeps, in the parent's order: the first `n`
+    (of the selected classes, when `classes` is given), and at most `per_class` of each class."""
+
+    operation: str
+    n: int | None = None
+    classes: tuple[int, ...] | None = None
+    per_class: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The selection as plain data (the operation is recorded beside it)."""
+        fields = asdict(self)
+        del fields["operation"]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def parse_classes(text: str | None) -> tuple[int, ...] | None:
+    """`--classes 3,7` as class ids."""
+    if text is None:
+        return None
+    try:
+        ids = tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--classes {text!r} is not a comma list of class ids") from None
+    if not ids:
+        raise UsageError("--classes names no class id")
+    return ids
+
+
+def _class_id(data: Any, where: str) -> int:
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_CLASS_BYTES or not data.isdigit():
+        raise ShardFormatError(f"{where}: its cls member is not a class id")
+    return int(data)
+
+
+class ParentReader:
+    """The shards of a complete dataset, read sample by sample in order, checksums first."""
+
+    def __init__(self, folder: Location) -> None:
+        self.folder = folder if is_remote(folder) else find_dataset(folder)
+        self.manifest, self.paths = load_dataset(self.folder)
+        self.name = (
+            dataset_name(str(self.folder)) if is_remote(self.folder) else Path(self.folder).name
+        )
+        self.counts = [int(entry["samples"]) for entry in self.manifest["shards"]]
+        self.starts = [sum(self.counts[:j]) for j in range(len(self.counts))]
+
+    @property
+    def size(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def contiguous(self) -> bool:
+        """Whether sample p of the dataset has key p (a generated dataset), so the class of every
+        sample follows from the manifest: sample i has class classes[i % len(classes)]."""
+        return "parent" not in self.manifest and all(
+            int(entry.get("first_index", -1)) == start
+            for entry, start in zip(self.manifest["shards"], self.starts, strict=True)
+        )
+
+    def read(self, j: int) -> Any:
+        """Raw samples of shard `j` with their positions, after checking its checksum."""
+        path, entry = self.paths[j], self.manifest["shards"][j]
+        if sha256_of(path, entry["bytes"]) != (entry["bytes"], entry["sha256"]):
+            raise ShardFormatError(
+                f"{path}: sha256 differs from its manifest; run genrep-shards verify "
+                f"{self.folder} and get the dataset again"
+            )
+        count = 0
+        for count, raw in enumerate(iter_raw_samples(path, entry["bytes"]), start=1):
+            if count > self.counts[j]:
+                break
+            yield self.starts[j] + count - 1, raw
+        if count != self.counts[j]:
+            raise ShardFormatError(
+                f"{path}: {count} samples where its manifest says {self.counts[j]}; run "
+                f"genrep-shards verify {self.folder}"
+            )
+
+    def classes(self) -> list[int]:
+        """The class of every sample, from the manifest's rule or by reading the `cls` members."""
+        classes = self.manifest.get("classes") or []
+        if self.contiguous and classes:
+            return [classes[p % len(classes)] for p in range(self.size)]
+        return [
+            _class_id(raw.get("cls"), f"{entry['name']}: sample {raw.get('__key__')}")
+            for j, entry in enumerate(self.manifest["shards"])
+            for _, raw in self.read(j)
+        ]
+
+
+def select(parent: ParentReader, selection: Selection) -> tuple[list[int], list[int] | None]:
+    """Positions (in the parent's sample order) of the samples the selection keeps, and the class
+    of every parent sample when the selection is by class."""
+    positions, labels = list(range(parent.size)), None
+    if selection.classes is not None:
+        held = parent.manifest.get("classes")
+        if not held:
+            raise UsageError("--classes needs a class-conditional dataset; this one has no classes")
+        unknown = sorted(set(selection.classes) - set(held))
+        if unknown:
+            raise UsageError(f"--classes {unknown} are not in the dataset (its classes: {held})")
+        wanted, taken = set(selection.classes), dict.fromkeys(selection.classes, 0)
+        kept, labels = [], parent.classes()
+        for p, label in enumerate(labels):
+            if label in wanted and (
+                selection.per_class is None or taken[label] < selection.per_class
+            ):
+                taken[label] += 1
+                kept.append(p)
+        positions = kept
+    if selection.n is not None:
+        if selection.n > len(positions):
+            raise UsageError(
+                f"--n {selection.n}: the selection holds only {len(positions)} anchors"
+            )
+        positions = positions[: selection.n]
+    if not positions:
+        raise UsageError("the selection keeps no anchor")
+    return positions, labels
+
+
+def check_sample(
+    raw: dict[str, Any], manifest: dict[str, Any], where: str, key: int | None, label: int | None
+) -> dict[str, Any]:
+    """The format's members of one parent sample, checked to be what the manifest promises."""
+    name = raw.get("__key__")
+    if not isinstance(name, str) or not KEY_RE.match(name):
+        raise ShardFormatError(f"{where}: a sample key {name!r} is not a sample index")
+    where = f"{where}: sample {name}"
+    if key is not None and int(name) != key:
+        raise ShardFormatError(f"{where}: expected the key of index {key}")
+    members = {field: data for field, data in raw.items() if MEMBER_RE.match(field)}
+    ext, neighbors = manifest["image"]["format"], int(manifest["neighbors"])
+    required = [f"anchor.{ext}", *(f"neighbor_{j}.{ext}" for j in range(neighbors))]
+    required += ["latent.npy", "json"] + (["neighbor_latent.npy"] if neighbors else [])
+    required += ["cls"] if manifest.get("classes") else []
+    if sorted(members) != sorted(required) or not all(
+        isinstance(v, bytes) for v in members.values()
+    ):
+        raise ShardFormatError(
+            f"{where}: members {sorted(members)} are not the format's {sorted(required)}"
+        )
+    try:
+        index = json.loads(members["json"]).get("index")
+    except (ValueError, AttributeError):
+        index = None
+    if index != int(name):
+        raise ShardFormatError(f"{where}: its json does not record index {int(name)}")
+    if label is not None and _class_id(members["cls"], where) != label:
+        raise ShardFormatError(f"{where}: its class is not {label}, which its manifest implies")
+    return {"__key__": name, **members}
+
+
+def first_key(path: Path) -> int:
+    """The key of the first sample of a shard this module wrote (the name of its first member)."""
+    with tarfile.open(path, "r:") as tar:
+        member = tar.next()
+    if member is None:
+        raise ShardFormatError(f"{path} is empty")
+    return int(member.name.split(".", 1)[0])
+
+
+def reshaped_manifest(
+    parent: ParentReader, selection: Selection, positions: Sequence[int], shard_size: int
+) -> dict[str, Any]:
+    """The manifest of the new dataset before any shard exists: the parent's generation record,
+    the new size and shards, and `parent`."""
+    m = parent.manifest
+    frame = stored_frame(m)
+    generator = {**m["generator"], "frame": [frame.native_height, frame.native_width]}
+    image = {
+        "width": frame.width,
+        "height": frame.height,
+        "frame": frame.frame,
+        "native_width": frame.native_width,
+        "native_height": frame.native_height,
+        "format": m["image"]["format"],
+        "quality": m["image"]["quality"],
+    }
+    classes = m.get("classes")
+    if selection.classes is not None:
+        classes = [c for c in classes or [] if c in set(selection.classes)]
+    parent_hash = content_hash(m)
+    identity = {
+        "operation": selection.operation,
+        "parent": parent_hash,
+        "selection": selection.describe(),
+        "shard_size": shard_size,
+    }
+    record = {
+        "name": parent.name,
+        "content_hash": parent_hash,
+        "identity": m.get("identity"),
+        "format_version": m["format_version"],
+        "n": m["n"],
+        "shard_size": m["shard_size"],
+        "operation": selection.operation,
+        "selection": selection.describe(),
+    }
+    return new_manifest(
+        generator=generator,
+        view=m["view"],
+        seed=m["seed"],
+        n=len(positions),
+        neighbors=m["neighbors"],
+        classes=classes,
+        truncation=m["truncation"],
+        image=image,
+        shard_size=shard_size,
+        identity=identity,
+        config=m["config"],
+        license=m.get("license"),
+        parent=record,
+    )
+
+
+def check_out(out: Path, base: dict[str, Any]) -> None:
+    """Refuse an --out that is a file, a folder holding anything but this command's dataset, or
+    the dataset of another command."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; pass a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise OutputError(f"{out} is not empty and holds no genrep dataset; pass another --out")
+    check_identity(out, manifest, base["identity"])
+
+
+def reshape(
+    folder: str | Path,
+    out: str | Path,
+    selection: Selection,
+    shard_size: int | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Write the selected samples of the dataset in `folder` into `out`, `shard_size` per shard
+    (default: the parent's); a rerun resumes. Returns the new manifest."""
+    out = Path(out)
+    parent = ParentReader(folder)
+    if not is_remote(parent.folder) and Path(parent.folder).resolve() == out.resolve():
+        raise OutputError(f"--out {out} is the dataset being read; pass another folder")
+    shard_size = shard_size or int(parent.manifest["shard_size"])
+    if shard_size <= 0:
+        raise UsageError(f"--shard-size must be > 0, got {shard_size}")
+    positions, labels = select(parent, selection)
+    layout = [positions[i : i + shard_size] for i in range(0, len(positions), shard_size)]
+    base = reshaped_manifest(parent, selection, positions, shard_size)
+    check_out(out, base)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+
+    def entry(manifest: dict[str, Any], k: int, path: Path) -> dict[str, Any]:
+        return {
+            "name": path.name,
+            "samples": len(layout[k]),
+            "first_index": first_key(path),
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+        }
+
+    update_manifest(out, base, entry)
+    todo = [k for k in range(len(layout)) if not (out / shard_name(k)).exists()]
+    if len(todo) < len(layout):
+        log(f"resuming {out}: {len(layout) - len(todo)} of {len(layout)} shards present")
+    wanted = {p: k for k in todo for p in layout[k]}
+    buffer: list[dict[str, Any]] = []
+    for j in range(len(parent.paths)):
+        start, stop = parent.starts[j], parent.starts[j] + parent.counts[j]
+        if not any(p in wanted for p in range(start, stop)):
+            continue  # nothing to copy from this shard: not read at all
+        for p, raw in parent.read(j):
+            k = wanted.get(p)
+            if k is None:
+                continue
+            key = p if parent.contiguous else None
+            label = labels[p] if labels is not None else None
+            buffer.append(check_sample(raw, parent.manifest, str(parent.paths[j]), key, label))
+            if len(buffer) == len(layout[k]):
+                with atomic_open(out / shard_name(k)) as f:
+                    write_shard(f, buffer)
+                buffer = []
+                update_manifest(out, base, entry)
+    return update_manifest(out, base, entry)
