@@ -316,6 +316,7 @@ def test_devices_are_given_to_the_jobs_in_turn():
         ("table1-cpu", (3, 6, 12)),
         ("../docs/sweeps/fig5-sigma-cpu-small", (3, 6, 6)),
         ("../docs/sweeps/embedded-sigma-cpu", (6, 12, 12)),
+        ("../docs/sweeps/embedded-sigma-cpu-seed2", (2, 2, 2)),
     ],
 )
 def test_the_shipped_experiments_read_and_share_their_jobs(tmp_path, name, jobs):
