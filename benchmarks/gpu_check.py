@@ -6,7 +6,9 @@
 Paths: BigGAN-deep-256 and StyleGAN2-256 forward passes in fp32/bf16/fp16 with channels_last;
 genrep-generate end to end against the forward passes alone (Pillow encoder pool, and JPEG on the
 GPU); steering-walk training; genrep-train of a ResNet-50 at 128 px in bf16 with channels_last
-(input pipeline alone, model step alone, end to end); a 1-process DDP run under torchrun (nccl on
+(input pipeline alone with Tx in the DataLoader workers and with Tx batched on the device, the
+device Tx against the PIL Tx, model step alone, end to end), and online from the embedded
+generator (`--generator`) against it; a 1-process DDP run under torchrun (nccl on
 CUDA, gloo on CPU); the kNN probe's faiss GPU search against the torch engine; a tiny diffusers
 pipeline when diffusers is installed.
 
@@ -50,6 +52,7 @@ from genrep.generate.image_encoders import IMAGE_ENCODERS, build_encoder  # noqa
 from genrep.generate.pipeline import Plan, generate, make_plan  # noqa: E402
 from genrep.options import PRECISIONS, default_workers, resolve_device  # noqa: E402
 from genrep.runs import LOG  # noqa: E402
+from genrep.train.tx import build_recipe  # noqa: E402
 
 RANDOM_MODELS = BENCHMARKS / "random_models.py"
 #: anchor/neighbor pairs of the paper's ImageNet-1k-sized datasets
@@ -310,12 +313,67 @@ def model_step_rate(check: Check, config: Any, info: Any) -> float:
     return pixels.shape[0] * steps / (time.perf_counter() - started)
 
 
+def pipeline_rate(check: Check, config: Any, info: Any, workers: int) -> float:
+    """img/s of genrep-train's input: its DataLoader, the copy to the device, and the batched
+    Tx there with `config.tx_on` device (a warm-up first; the model is left out)."""
+    from genrep.train.trainer import Distributed, _loader, device_tx_generator
+
+    device = check.device
+    env = Distributed(0, 1, 0, device)
+    tx = build_recipe(config.tx).batched(config.input_size) if config.tx_on == "device" else None
+    loader = iter(_loader(config, info, env, 0, workers))
+
+    def deliver(step: int) -> int:
+        images = next(loader)["images"].to(device, non_blocking=True).flatten(0, 1)
+        if tx is not None:
+            images = tx(images, device_tx_generator(config, env, step))
+        return images.shape[0]
+
+    for step in range(2):
+        deliver(step)
+    sync(device)
+    started = time.perf_counter()
+    images = sum(deliver(step) for step in range(check.sizes.train_steps))
+    sync(device)
+    return images / (time.perf_counter() - started)
+
+
+def check_device_tx(check: Check, config: Any) -> None:
+    """The batched Tx on this device against the per-image PIL path: the per-view channel means
+    of many views of one image must be alike in distribution (KS statistic)."""
+    import numpy as np
+    from PIL import Image
+    from scipy.stats import ks_2samp
+
+    views, side = 2000, check.sizes.train_side
+    y, x = np.mgrid[0:side, 0:side] * (255 // max(1, side - 1))
+    frame = np.stack([x, y, (x + y) // 2], -1).clip(0, 255).astype(np.uint8)
+    recipe = build_recipe(config.tx)
+    size = recipe.default_input_size(side)
+    transform, image = recipe.augment(size), Image.fromarray(frame)
+    pil = torch.stack([transform(image) for _ in range(views)]).double().mean((2, 3))
+    frames = torch.from_numpy(frame).permute(2, 0, 1).to(check.device)
+    generator = torch.Generator(check.device).manual_seed(0)
+    batched = recipe.batched(size)(frames.expand(views, -1, -1, -1).contiguous(), generator)
+    ours = batched.double().mean((2, 3)).cpu()
+    distance = max(
+        float(ks_2samp(ours[:, c], pil[:, c], method="asymp").statistic) for c in range(3)
+    )
+    check.add(
+        f"train Tx on device vs PIL ({config.tx})",
+        "uint8",
+        "KS of color means",
+        distance,
+        "< 0.1",
+        distance < 0.1,
+    )
+
+
 def check_training(check: Check) -> Path:
     """Input pipeline alone vs model step alone vs genrep-train, on a dataset made here."""
     from genrep.train.cli import main as train_main
     from genrep.train.config import TrainConfig
     from genrep.train.data import check_stream_sizes, open_data
-    from genrep.train.trainer import Distributed, _loader
 
     sizes, device = check.sizes, check.device
     data = check.work / "train-data"
@@ -345,24 +403,33 @@ def check_training(check: Check) -> Path:
     precision = config.precision
     workers = check_stream_sizes(info, 1, config.workers, config.batch_size)
 
-    # The input pipeline alone: genrep-train's DataLoader, batches counted after a warm-up.
-    loader = iter(_loader(config, info, Distributed(0, 1, 0, device), 0, workers))
-    for _ in range(2):
-        next(loader)
-    started, images = time.perf_counter(), 0
-    for _ in range(sizes.train_steps):
-        batch = next(loader)
-        images += batch["images"].shape[0] * batch["images"].shape[1]
-    pipeline = images / (time.perf_counter() - started)
-    del loader
-    check.add(f"train input pipeline ({workers} workers)", "uint8", "img/s", pipeline)
+    # The input pipeline alone, with Tx in the workers and batched on the device (the workers
+    # only decode): genrep-train's DataLoader and Tx, batches counted after a warm-up.
+    rates = {}
+    for place in ("workers", "device"):
+        placed = replace(config, tx_on=place)
+        rates[place] = pipeline_rate(check, placed, info, workers)
+        check.add(f"train input pipeline (Tx on {place})", "uint8", "img/s", rates[place])
+    check.add(
+        "train Tx on device / on workers",
+        "uint8",
+        "img/s ratio",
+        rates["device"] / rates["workers"],
+    )
+    check_device_tx(check, config)
 
     model_rate = model_step_rate(check, config, info)
     check.add(f"train step {sizes.arch}-{sizes.train_side}", precision, "img/s", model_rate)
-    ratio = pipeline / model_rate
-    check.speed(
-        "train input vs step", precision, "pipeline / step img/s", ratio, ">= 1", ratio >= 1
-    )
+    for place, rate in rates.items():
+        ratio = rate / model_rate
+        check.speed(
+            f"train input vs step (Tx on {place})",
+            precision,
+            "pipeline / step img/s",
+            ratio,
+            ">= 1",
+            ratio >= 1,
+        )
 
     # genrep-train end to end (the rate it logs over its last window).
     run = check.work / "train-run"
@@ -374,6 +441,31 @@ def check_training(check: Check) -> Path:
     e2e = record["images_per_s"] / model_rate
     check.speed("genrep-train", precision, "end-to-end / step img/s", e2e, ">= 0.95", e2e >= 0.95)
     return data
+
+
+def check_online(check: Check) -> None:
+    """genrep-train --generator on the samples of the training check's shards, generated while
+    training (by DataLoader workers spawned on CUDA), against that check's run from the shards."""
+    from genrep.train.cli import main as train_main
+
+    sizes = check.sizes
+    run = check.work / "online-run"
+    args = _train_args(check, check.work / "train-data", run, sizes.train_steps)[1:]
+    args += [
+        "--generator", "embedded",
+        "--generator-option", f"resolution={sizes.train_side}",
+        "--n", str(sizes.train_anchors),
+        "--shard-size", str(max(1, sizes.train_anchors // 8)),
+    ]  # fmt: skip
+    train_main.main(args, standalone_mode=False)
+    precision = "bf16" if check.on_gpu else "fp32"
+    record = json.loads((run / LOG).read_text().splitlines()[-1])
+    finite = math.isfinite(record["loss"])
+    check.add("genrep-train --generator", precision, "loss finite", finite, "", finite)
+    check.add("genrep-train --generator", precision, "end-to-end img/s", record["images_per_s"])
+    offline = json.loads((check.work / "train-run" / LOG).read_text().splitlines()[-1])
+    ratio = record["images_per_s"] / offline["images_per_s"]
+    check.add("genrep-train --generator", precision, "online / shards img/s", ratio)
 
 
 def check_ddp(check: Check, data: Path) -> None:
@@ -538,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             check.run("train", lambda: data.append(check_training(check)))
             if data:
                 check.run("ddp", lambda: check_ddp(check, data[0]))
+                check.run("online", lambda: check_online(check))
         if "knn" in only:
             check.run("knn", lambda: check_knn(check))
         if "diffusers" in only:

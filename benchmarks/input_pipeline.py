@@ -6,13 +6,16 @@ In one run, on the same images (anchor + one neighbor view per sample):
    both views) through a DataLoader with genrep-train's default number of workers;
 2. png-folder: the layout of the paper's released code (one PNG per view in class folders, a
    map-style Dataset that opens anchor and neighbor files), same Tx, same DataLoader settings;
-3. bare-decode: decoding the shard image bytes to RGB in one process, no Tx, no DataLoader.
+3. bare-decode: decoding the shard image bytes to RGB in one process, no Tx, no DataLoader;
+4. shards-device-tx: `genrep-train --tx-on device`: the workers only decode, and the same Tx runs
+   batched on --device (on this process's CPU threads when it is the CPU).
 
 The pipelines are timed in turn over several rounds (a shared machine's load drifts), and it
-prints the median images/s of each and the median ratios shards/png-folder and shards/bare-decode.
+prints the median images/s of each and the median ratios shards/png-folder, shards/bare-decode and
+shards-device-tx/shards.
 
     python benchmarks/input_pipeline.py                 # generates 1000 anchors at 128 px first
-    python benchmarks/input_pipeline.py --data shards/demo --workers 8
+    python benchmarks/input_pipeline.py --data shards/demo --workers 8 --device cuda
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -29,10 +33,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from genrep.options import default_workers
+from genrep.options import default_workers, resolve_device
 from genrep.shards import decode_image, decode_sample, iter_raw_samples
 from genrep.train.data import TrainingStream, ViewSpec, open_data
-from genrep.train.tx import Transform, build_recipe
+from genrep.train.tx import BatchedTx, Transform, build_recipe
 
 
 class PngPairs(Dataset):
@@ -82,6 +86,19 @@ def images_per_second(batches: Iterator[torch.Tensor], skip: int, count: int) ->
     return images / (time.perf_counter() - start)
 
 
+def device_tx_batches(
+    loader: DataLoader, tx: BatchedTx, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Batches of decoded frames from `loader`, augmented by `tx` on `device` (a view per frame)."""
+    generator = torch.Generator(device).manual_seed(0)
+    for batch in loader:
+        frames = batch["images"].to(device, non_blocking=True)
+        views = tx(frames.flatten(0, 1), generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        yield views.unflatten(0, frames.shape[:2])
+
+
 def decode_per_second(blobs: list[bytes]) -> float:
     start = time.perf_counter()
     for blob in blobs:
@@ -112,9 +129,18 @@ def decode_per_second(blobs: list[bytes]) -> float:
     default=default_workers(),
     help="DataLoader workers (genrep-train's default).",
 )
+@click.option("--device", default="auto", help="Where shards-device-tx runs its Tx.")
 def main(
-    data: str | None, n: int, size: int, batch_size: int, batches: int, rounds: int, workers: int
+    data: str | None,
+    n: int,
+    size: int,
+    batch_size: int,
+    batches: int,
+    rounds: int,
+    workers: int,
+    device: str,
 ) -> None:
+    target = resolve_device(device)
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
             from click.testing import CliRunner
@@ -158,6 +184,15 @@ def main(
             info, spec, rank=0, world=1, batch_size=batch_size, start_step=0, shuffle_buffer=1000
         )
         loader = DataLoader(stream, batch_size=batch_size, num_workers=workers)
+        frames_spec = replace(
+            spec, transform=recipe.view_transform(True, input_size, 0, on_device=True)
+        )
+        frames = TrainingStream(
+            info, frames_spec, 0, 1, batch_size=batch_size, start_step=0, shuffle_buffer=1000
+        )
+        frames_loader = DataLoader(
+            frames, batch_size=batch_size, num_workers=workers, pin_memory=target.type == "cuda"
+        )
         pairs = export_png_folder(info.sources[0].units, Path(tmp) / "png")
         png_loader = DataLoader(
             PngPairs(pairs, transform),
@@ -170,6 +205,7 @@ def main(
         pipelines = {
             "shards": (batch["images"] for batch in loader),
             "png": (batch for _ in itertools.count() for batch in png_loader),
+            "device": device_tx_batches(frames_loader, recipe.batched(input_size), target),
         }
         blobs = [
             value
@@ -178,7 +214,7 @@ def main(
             for key, value in raw.items()
             if key.startswith(("anchor.", "neighbor_0."))
         ]
-        rates: dict[str, list[float]] = {"shards": [], "png": [], "decode": []}
+        rates: dict[str, list[float]] = {"shards": [], "png": [], "device": [], "decode": []}
         for batches_of in pipelines.values():  # start the workers, fill the buffers
             images_per_second(batches_of, prefetched, 1)
         for _ in range(rounds):
@@ -191,12 +227,17 @@ def main(
     to_decode = statistics.median(
         s / d for s, d in zip(rates["shards"], rates["decode"], strict=True)
     )
+    to_shards = statistics.median(
+        d / s for d, s in zip(rates["device"], rates["shards"], strict=True)
+    )
     click.echo(f"medians of {rounds} rounds of {batches} batches:")
     click.echo(f"shards (genrep-train input):       {median['shards']:8.0f} images/s")
     click.echo(f"png-folder (released code layout): {median['png']:8.0f} images/s")
+    click.echo(f"shards, Tx batched on {target.type}:  {median['device']:8.0f} images/s")
     click.echo(f"bare decode (1 process, no Tx):    {median['decode']:8.0f} images/s")
     click.echo(f"ratio shards / png-folder:  {to_png:.2f}")
     click.echo(f"ratio shards / bare decode: {to_decode:.2f}")
+    click.echo(f"ratio Tx on {target.type} / Tx in workers: {to_shards:.2f}")
 
 
 if __name__ == "__main__":

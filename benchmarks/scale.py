@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,28 +126,50 @@ def plan_epoch(info, streams: int = 64) -> int:
 @click.option("--resolution", default=32, show_default=True)
 @click.option("--workers", default=1, show_default=True, help="Encoder processes.")
 @click.option("--plan-sizes", default="13000,130000,1300000", show_default=True)
-def main(sizes: str, every: str, resolution: int, workers: int, plan_sizes: str) -> None:
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds over the sizes.")
+def main(
+    sizes: str, every: str, resolution: int, workers: int, plan_sizes: str, rounds: int
+) -> None:
     with tempfile.TemporaryDirectory(prefix="genrep-scale-") as tmp:
         work = Path(tmp)
-        click.echo(f"generate: embedded at {resolution} px, shards of 1000, {workers} workers")
+        click.echo(
+            f"generate: embedded at {resolution} px, shards of 1000, {workers} workers, "
+            f"median of {rounds} interleaved rounds"
+        )
         click.echo(
             f"{'n':>9} {'shards':>7} {'images':>8} {'img/s':>8} {'peak RSS MB':>12} "
             f"{'rerun s':>8} {'img/s ratio':>12} {'RSS ratio':>10}"
         )
-        first = None
         steps = [int(step) for step in every.split(",")]
-        for n, step in zip(map(int, sizes.split(",")), steps, strict=True):
-            out = work / f"gen-{n}"
-            result = run_generate(out, n, step, resolution, workers)
-            rerun = run_generate(out, n, step, resolution, workers)["wall"]
-            first = first or result
+        pairs = list(zip(map(int, sizes.split(",")), steps, strict=True))
+        runs: dict[int, list[dict]] = {n: [] for n, _ in pairs}
+        # The sizes alternate within each round, so that a machine whose load drifts over the run
+        # biases no size; each figure is the median over the rounds (peak RSS: the largest).
+        for round_index in range(rounds):
+            for n, step in pairs:
+                out = work / f"gen-{n}-{round_index}"
+                result = run_generate(out, n, step, resolution, workers)
+                result["rerun"] = run_generate(out, n, step, resolution, workers)["wall"]
+                runs[n].append(result)
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+        summary = {
+            n: {
+                "shards": results[0]["shards"],
+                "images": results[0]["images"],
+                "rate": statistics.median(r["rate"] for r in results),
+                "rss_mb": max(r["rss_mb"] for r in results),
+                "rerun": statistics.median(r["rerun"] for r in results),
+            }
+            for n, results in runs.items()
+        }
+        first = summary[pairs[0][0]]
+        for n, result in summary.items():
             click.echo(
                 f"{n:>9} {result['shards']:>7} {result['images']:>8} {result['rate']:>8.0f} "
-                f"{result['rss_mb']:>12.0f} {rerun:>8.1f} {result['rate'] / first['rate']:>12.2f} "
-                f"{result['rss_mb'] / first['rss_mb']:>10.2f}"
+                f"{result['rss_mb']:>12.0f} {result['rerun']:>8.1f} "
+                f"{result['rate'] / first['rate']:>12.2f} {result['rss_mb'] / first['rss_mb']:>10.2f}"
             )
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-        last = result
+        last = summary[pairs[-1][0]]
         flat = last["rss_mb"] <= 1.1 * first["rss_mb"]
         steady = last["rate"] >= 0.9 * first["rate"]
         click.echo(f"memory flat (<= 1.1x): {flat}; throughput kept (>= 0.9x): {steady}")

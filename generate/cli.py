@@ -80,61 +80,87 @@ def generator_options(command: Callable) -> Callable:
     return command
 
 
+def sample_options(command: Callable) -> Callable:
+    """The flags that say which samples of a generator are made (views, classes, count, frame):
+    genrep-generate's, and genrep-train --generator's, which trains on the same samples."""
+    for decorate in reversed(
+        [
+            click.option(
+                "--view", type=RegistryChoice(VIEWS), default="gaussian", help="Latent view Tz."
+            ),
+            click.option(
+                "--walks",
+                default=None,
+                help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
+            ),
+            click.option(
+                "--step-scale",
+                multiple=True,
+                callback=parse_key_values,
+                metavar="EDIT=SCALE",
+                help="View steer: multiply the latent step of an edit's walks, repeatable "
+                "[default: rotate_3d=5, as the released generation; rotate_3d=1 steps as the walk "
+                "was learned].",
+            ),
+            click.option("--n", type=int, default=None, help="Number of anchors."),
+            click.option(
+                "--neighbors", type=int, default=1, help="Neighbor views stored per anchor."
+            ),
+            click.option(
+                "--sigma",
+                type=float,
+                default=None,
+                help="Std of the gaussian view [default: 0.2 unconditional, 1.0 conditional].",
+            ),
+            click.option(
+                "--truncation",
+                type=float,
+                default=None,
+                help="Anchor latent z ~ N_t(0, 1, t) [default: the model's].",
+            ),
+            click.option(
+                "--classes",
+                default=None,
+                help="Classes to sample: all, a named subset (imagenet100), K, or ids '3,7,9'. "
+                "For the embedded model, K makes it class-conditional with K classes.",
+            ),
+            click.option(
+                "--per-class", type=int, default=None, help="Anchors per class (sets --n)."
+            ),
+            click.option(
+                "--frame",
+                "--resize",
+                "frame",
+                type=click.Choice(FRAMES),
+                default="full",
+                help="What each stored image is: full (the whole generated frame, App. A: Tx "
+                "crops from all of it), center-crop (its central --size square: Tz-only inputs), "
+                "resize (short side to --size, then the central square). --resize is the name of "
+                "format version 1.",
+            ),
+            click.option(
+                "--size",
+                type=click.IntRange(min=1),
+                default=None,
+                help="full: scale the short side down to this [default: native]; "
+                f"center-crop/resize: the square's side [default: {DEFAULT_CROP}].",
+            ),
+            click.option(
+                "--shard-size",
+                type=int,
+                default=1000,
+                help="Anchors per shard (online training: per unit of the epoch's shuffled order).",
+            ),
+        ]
+    ):
+        command = decorate(command)
+    return command
+
+
 @click.command(cls=Command, context_settings=CONTEXT)
 @config_option
 @generator_options
-@click.option("--view", type=RegistryChoice(VIEWS), default="gaussian", help="Latent view Tz.")
-@click.option(
-    "--walks",
-    default=None,
-    help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
-)
-@click.option(
-    "--step-scale",
-    multiple=True,
-    callback=parse_key_values,
-    metavar="EDIT=SCALE",
-    help="View steer: multiply the latent step of an edit's walks, repeatable [default: "
-    "rotate_3d=5, as the released generation; rotate_3d=1 steps as the walk was learned].",
-)
-@click.option("--n", type=int, default=None, help="Number of anchors.")
-@click.option("--neighbors", type=int, default=1, help="Neighbor views stored per anchor.")
-@click.option(
-    "--sigma",
-    type=float,
-    default=None,
-    help="Std of the gaussian view [default: 0.2 unconditional, 1.0 conditional].",
-)
-@click.option(
-    "--truncation",
-    type=float,
-    default=None,
-    help="Anchor latent z ~ N_t(0, 1, t) [default: the model's].",
-)
-@click.option(
-    "--classes",
-    default=None,
-    help="Classes to sample: all, a named subset (imagenet100), K, or ids '3,7,9'. "
-    "For the embedded model, K makes it class-conditional with K classes.",
-)
-@click.option("--per-class", type=int, default=None, help="Anchors per class (sets --n).")
-@click.option(
-    "--frame",
-    "--resize",
-    "frame",
-    type=click.Choice(FRAMES),
-    default="full",
-    help="What each stored image is: full (the whole generated frame, App. A: Tx crops from all "
-    "of it), center-crop (its central --size square: Tz-only inputs), resize (short side to "
-    "--size, then the central square). --resize is the name of format version 1.",
-)
-@click.option(
-    "--size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="full: scale the short side down to this [default: native]; center-crop/resize: the "
-    f"square's side [default: {DEFAULT_CROP}].",
-)
+@sample_options
 @click.option("--format", "format_", type=click.Choice(IMAGE_FORMATS), default="jpg")
 @click.option("--quality", type=int, default=95, help="jpg/webp quality.")
 @click.option(
@@ -145,7 +171,6 @@ def generator_options(command: Callable) -> Callable:
     "images are (nvJPEG on a CUDA GPU, no CPU pool). Part of the dataset's identity: its bytes "
     "differ between encoders.",
 )
-@click.option("--shard-size", type=int, default=1000, help="Anchors per shard.")
 @click.option(
     "--shards",
     "shard_range",

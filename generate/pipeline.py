@@ -290,9 +290,10 @@ def to_uint8(images: torch.Tensor, frame: str, stored: tuple[int, int]) -> torch
 
 
 class _ShardJob:
-    """One shard on its way: encoded image futures, latents, and the samples' metadata."""
+    """Samples on their way (a shard's, or a batch of online training's): encoded image futures,
+    latents, and the samples' metadata."""
 
-    def __init__(self, k: int, indices: range) -> None:
+    def __init__(self, indices: Sequence[int], k: int | None = None) -> None:
         self.k, self.indices = k, indices
         self.parts: list[futures.Future | list[bytes]] = []
         self.latents: list[SampleLatents] = []
@@ -383,11 +384,20 @@ class ShardGenerator:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return generator(z_t, y_t)
 
+    def samples(self, indices: Sequence[int]) -> list[dict[str, bytes | str]]:
+        """The members of samples `indices` exactly as a shard holds them, without a shard:
+        what online training (train/online.py) reads."""
+        return self._members(self._generate(_ShardJob(indices), None, lambda images: None))
+
     def _generate_shard(
         self, k: int, pool: futures.Executor | None, advance: Callable[[int], None]
     ) -> _ShardJob:
+        return self._generate(_ShardJob(self.plan.shard_indices(k), k), pool, advance)
+
+    def _generate(
+        self, job: _ShardJob, pool: futures.Executor | None, advance: Callable[[int], None]
+    ) -> _ShardJob:
         plan = self.plan
-        job = _ShardJob(k, plan.shard_indices(k))
         job.latents = [sample_latents(plan, i) for i in job.indices]
         # Images of the shard in storage order: each anchor followed by its neighbors.
         z_all = np.stack([z for sample in job.latents for z in (sample.z, *sample.neighbor_z)])
@@ -405,6 +415,13 @@ class ShardGenerator:
         return job
 
     def _write(self, job: _ShardJob) -> None:
+        with atomic_open(self.plan.out / shard_name(job.k)) as f:
+            write_shard(f, self._members(job))
+        if self.on_shard is not None:
+            self.on_shard(job.k)
+
+    def _members(self, job: _ShardJob) -> list[dict[str, bytes | str]]:
+        """The tar members of the job's samples (its encoded images waited for)."""
         plan = self.plan
         images, per = job.images(), 1 + plan.neighbors
         samples = []
@@ -429,10 +446,7 @@ class ShardGenerator:
                     meta,
                 )
             )
-        with atomic_open(plan.out / shard_name(job.k)) as f:
-            write_shard(f, samples)
-        if self.on_shard is not None:
-            self.on_shard(job.k)
+        return samples
 
 
 # ---------------------------------------------------------------- output folder and manifest

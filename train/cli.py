@@ -8,10 +8,12 @@ import click
 
 from genrep.encoders import resnet_names
 from genrep.errors import Command
-from genrep.options import RegistryChoice, common_options, config_option
+from genrep.generate.cli import sample_options
+from genrep.generate.models import GENERATORS
+from genrep.options import RegistryChoice, common_options, config_option, parse_key_values
 from genrep.remote import DatasetLocation
 from genrep.runs import EXPORT_FORMATS, export_backbone
-from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TrainConfig
+from genrep.train.config import DEFAULT_EPOCHS, OBJECTIVE_CONTEXT, TX_PLACES, TrainConfig
 from genrep.train.objectives import OBJECTIVES
 from genrep.train.objectives.base import BASE_TEMPERATURE, PROJECTION_DIM, TEMPERATURE
 from genrep.train.trainer import train
@@ -50,6 +52,45 @@ def _takers(option: str) -> str:
     "the real images (App. F).",
 )
 @click.option(
+    "--generator",
+    type=RegistryChoice(GENERATORS),
+    default=None,
+    help="Train online on fresh samples of this generator instead of shards: the samples that "
+    "genrep-generate makes with the same flags (--view, --n, --classes, ... below).",
+)
+@click.option("--generator-weights", default=None, help="--generator's weights (as --weights).")
+@click.option(
+    "--generator-option",
+    multiple=True,
+    callback=parse_key_values,
+    metavar="KEY=VALUE",
+    help="Extra --generator option, repeatable (as genrep-generate --model-option).",
+)
+@click.option(
+    "--generator-device",
+    default=None,
+    help="Where --generator runs (in eval mode, without gradients) [default: --device].",
+)
+@click.option(
+    "--generator-batch-size",
+    type=int,
+    default=TrainConfig.generator_batch_size,
+    help="Images per --generator forward pass.",
+)
+@click.option(
+    "--generator-seed",
+    type=int,
+    default=TrainConfig.generator_seed,
+    help="Latent seed of --generator's samples (genrep-generate --seed).",
+)
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="With --generator: every epoch is --n fresh samples (the paper's continuous stream), "
+    "not the same --n samples again.",
+)
+@sample_options
+@click.option(
     "--objective",
     type=RegistryChoice(OBJECTIVES),
     default=TrainConfig.objective,
@@ -67,6 +108,14 @@ def _takers(option: str) -> str:
     type=RegistryChoice(TX_RECIPES),
     default=TrainConfig.tx,
     help="Pixel augmentation recipe Tx.",
+)
+@click.option(
+    "--tx-on",
+    type=click.Choice(TX_PLACES),
+    default=TrainConfig.tx_on,
+    help="Where Tx runs: workers (DataLoader processes, per image, PIL) or device (batched on "
+    "the training device after the workers decoded the frames; CUDA: keeps a GPU fed) "
+    "[auto: device on CUDA, else workers; --real always uses workers].",
 )
 @click.option(
     "--augment/--no-augment",
@@ -169,7 +218,8 @@ def _takers(option: str) -> str:
     "[default: runs/<dataset>-<objective>].",
 )
 def main(**options: Any) -> None:
-    """Train an encoder on the shard folders SHARDS made by genrep-generate (or on --real images).
+    """Train an encoder on the shard folders SHARDS made by genrep-generate (or on --real images,
+    or online on a --generator's samples, with no shards).
 
     Rerunning the same command resumes from the run folder's last checkpoint. For several GPUs or
     nodes, launch it with torchrun. The run folder gets backbone.pth (a state dict that

@@ -3,8 +3,9 @@
 One frozen, typed record goes from the command line to the trainer, and into `checkpoint.pt` and
 `config.yaml` as a plain dict whose keys are its field names. Field metadata says which settings
 may differ when a run resumes (`resumable`), which are options of the objective
-(`objective_option`: the objective's constructor takes them, and others refuse them), and the
-range a number must lie in, checked when the record is made, so that a bad flag is refused before
+(`objective_option`: the objective's constructor takes them, and others refuse them), which
+describe the generator of an online run (`online`: genrep-generate's flags, train/online.py), and
+the range a number must lie in, checked when the record is made, so that a bad flag is refused before
 anything is written.
 """
 
@@ -22,11 +23,15 @@ from genrep.errors import UsageError
 from genrep.options import default_workers, flag_label, resolve_precision
 from genrep.train.data import DatasetInfo, steps_per_epoch
 from genrep.train.objectives import OBJECTIVES
+from genrep.train.online import GeneratorInfo
 from genrep.train.tx import build_recipe
 
 #: the batch size at which --lr is given; the lr used scales linearly with the global batch
 LR_REFERENCE_BATCH = 256
 DEFAULT_EPOCHS = 20
+#: where Tx runs (--tx-on): in the DataLoader workers, per image with PIL, or batched on the
+#: training device after the workers decoded the stored frames; auto: the device when it is CUDA
+TX_PLACES = ("auto", "workers", "device")
 #: arguments of an objective's constructor before its options: feature width and dataset info
 OBJECTIVE_CONTEXT = 2
 
@@ -37,6 +42,7 @@ def setting(
     default_factory: Any = MISSING,
     resumable: bool = False,
     objective_option: bool = False,
+    online: bool = False,
     at_least: float | None = None,
     above: float | None = None,
 ) -> Any:
@@ -44,6 +50,7 @@ def setting(
     metadata = {
         "resumable": resumable,
         "objective_option": objective_option,
+        "online": online,
         "at_least": at_least,
         "above": above,
     }
@@ -84,11 +91,32 @@ class TrainConfig:
     shards: tuple[str, ...] = setting((), resumable=True)
     real: str | None = setting(None, resumable=True)
     real_fraction: float | None = None
+    # or samples straight from a generator (online training): genrep-generate's flags
+    generator: str | None = setting(None, online=True)
+    generator_weights: str | None = setting(None, online=True, resumable=True)
+    generator_option: dict[str, Any] = setting(default_factory=dict, online=True)
+    generator_device: str | None = setting(None, online=True, resumable=True)
+    generator_batch_size: int = setting(64, online=True, resumable=True, at_least=1)
+    generator_seed: int = setting(0, online=True)
+    stream: bool = setting(False, online=True)
+    view: str = setting("gaussian", online=True)
+    walks: str | None = setting(None, online=True)
+    step_scale: dict[str, Any] = setting(default_factory=dict, online=True)
+    n: int | None = setting(None, online=True, at_least=1)
+    per_class: int | None = setting(None, online=True, at_least=1)
+    neighbors: int = setting(1, online=True, at_least=0)
+    sigma: float | None = setting(None, online=True)
+    truncation: float | None = setting(None, online=True)
+    classes: str | None = setting(None, online=True)
+    frame: str = setting("full", online=True)
+    size: int | None = setting(None, online=True, at_least=1)
+    shard_size: int = setting(1000, online=True, at_least=1)
     # what is learned
     objective: str = "simclr"
     arch: str = "resnet50"
     tx: str = "genrep"
     augment: bool | None = None
+    tx_on: str = setting("auto", resumable=True)
     input_size: int | None = setting(None, at_least=1)
     views: int | None = setting(None, at_least=1)
     temperature: float | None = setting(None, objective_option=True, above=0)
@@ -123,6 +151,8 @@ class TrainConfig:
     #: views without Tx take the central `center_crop` px of each stored frame (App. A); None:
     #: the stored images are crops already
     center_crop: int | None = None
+    #: what decides an online run's samples (generator with its weights' hash, view, seed, ...)
+    generator_identity: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
@@ -170,6 +200,7 @@ class TrainConfig:
                 f"{objective.name} needs {objective.min_views} or more views of a sample: "
                 f"pass --views {objective.min_views} or more"
             )
+        online = isinstance(info, GeneratorInfo)
         augment = objective.default_augment if self.augment is None else self.augment
         if objective.contrastive and not augment and k == 0:
             raise UsageError(
@@ -196,6 +227,7 @@ class TrainConfig:
             tx=recipe.name,
             views=views,
             augment=augment,
+            tx_on=self._tx_place(augment, device),
             input_size=self.input_size or recipe.default_input_size(info.train_side),
             steps=self.steps or epochs * per_epoch,
             epochs=None if self.steps else epochs,
@@ -209,8 +241,30 @@ class TrainConfig:
             dataset=DataSummary.of(info),
             manifest_hash=info.manifest_hash,
             center_crop=info.center_crop,
+            generator_identity=info.generator_identity if online else None,
+            # a run on shards records no generator flags (nor did runs before online training)
+            **(
+                {}
+                if online
+                else {spec.name: None for spec in fields(self) if spec.metadata.get("online")}
+            ),
             **self._effective_objective_options(objective.name),
         )
+
+    def _tx_place(self, augment: bool, device: torch.device) -> str:
+        """Where Tx runs: `device` only for augmented views of shards (real photos differ in size
+        and cannot be batched before their crop), `workers` when the flags leave it open on CPU."""
+        if self.tx_on not in TX_PLACES:
+            raise UsageError(f"--tx-on must be one of {', '.join(TX_PLACES)}, got {self.tx_on!r}")
+        if self.tx_on == "device" and self.real is not None:
+            raise UsageError(
+                "--tx-on device batches stored frames of one size; with --real pass --tx-on workers"
+            )
+        if not augment or self.real is not None:
+            return "workers"
+        if self.tx_on == "auto":
+            return "device" if device.type == "cuda" else "workers"
+        return self.tx_on
 
     def _effective_objective_options(self, objective: str) -> dict[str, Any]:
         """Each objective option as the objective will use it (its default when not given), None

@@ -44,10 +44,23 @@ from genrep.runs import (
 )
 from genrep.train.checkpoint import rng_state, set_rng_state
 from genrep.train.config import TrainConfig
-from genrep.train.data import DatasetInfo, TrainingStream, ViewSpec, check_stream_sizes, open_data
+from genrep.train.data import (
+    DatasetInfo,
+    TrainingStream,
+    ViewSpec,
+    check_stream_sizes,
+    open_data,
+    sample_seed,
+)
 from genrep.train.model import TrainModel
 from genrep.train.objectives import OBJECTIVES
-from genrep.train.tx import build_recipe
+from genrep.train.online import (
+    GeneratorStream,
+    check_online_flags,
+    generator_device,
+    open_generator,
+)
+from genrep.train.tx import BatchedTx, build_recipe
 
 #: the cosine schedule ends at this fraction of the peak lr (eta_min of the released code)
 FINAL_LR_FRACTION = 1e-3
@@ -264,7 +277,11 @@ def _train(
     hooks: Sequence[StepHook],
     log: Callable[[str], None],
 ) -> Path:
-    info = open_data(requested.shards, requested.real, requested.real_fraction)
+    check_online_flags(requested)
+    if requested.generator:
+        info = open_generator(requested, env.device, log)
+    else:
+        info = open_data(requested.shards, requested.real, requested.real_fraction)
     config = requested.resolve(info, env.world, env.device)
     workers = check_stream_sizes(info, env.world, config.workers, config.batch_size)
     if workers < config.workers:
@@ -312,6 +329,9 @@ def _train(
         else model
     )
     loader = _loader(config, info, env, start, workers)
+    device_tx: BatchedTx | None = None
+    if config.tx_on == "device":
+        device_tx = build_recipe(config.tx).batched(config.input_size)
 
     dtype = autocast_dtype(config.precision)
     autocast = partial(torch.autocast, env.device.type, dtype=dtype) if dtype else nullcontext
@@ -340,7 +360,10 @@ def _train(
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = normalize(batch["images"].to(env.device, non_blocking=True).flatten(0, 1))
+            images = batch["images"].to(env.device, non_blocking=True).flatten(0, 1)
+            if device_tx is not None:
+                images = device_tx(images, device_tx_generator(config, env, step))
+            images = normalize(images)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = {
@@ -425,6 +448,13 @@ def _build_model(config: TrainConfig, info: DatasetInfo, device: torch.device) -
     return model
 
 
+def device_tx_generator(config: TrainConfig, env: Distributed, step: int) -> torch.Generator:
+    """The generator of `--tx-on device` at `step`: seeded by the step and rank, so a resumed run
+    draws the Tx it would have drawn without the interruption."""
+    generator = torch.Generator(env.device)
+    return generator.manual_seed(sample_seed(config.seed, step, f"device-tx:{env.rank}"))
+
+
 def _loader(
     config: TrainConfig, info: DatasetInfo, env: Distributed, start: int, workers: int
 ) -> DataLoader:
@@ -434,7 +464,11 @@ def _loader(
     spec = ViewSpec(
         views=config.views,
         transform=recipe.view_transform(
-            config.augment, config.input_size, info.image_size, info.center_crop
+            config.augment,
+            config.input_size,
+            info.image_size,
+            info.center_crop,
+            on_device=config.tx_on == "device",
         ),
         neighbors=info.neighbors,
         needs_latents=objective.needs_latents,
@@ -446,7 +480,9 @@ def _loader(
             config.augment, config.input_size, info.train_side, real=True
         ),
     )
-    stream = TrainingStream(
+    generating_on = generator_device(info)
+    stream_type = TrainingStream if generating_on is None else GeneratorStream
+    stream = stream_type(
         info, spec, env.rank, env.world, config.local_batch_size, start, config.shuffle_buffer
     )
     return DataLoader(
@@ -454,4 +490,8 @@ def _loader(
         batch_size=config.local_batch_size,
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
+        # CUDA cannot be used in a forked process: workers that generate on it are spawned.
+        multiprocessing_context="spawn"
+        if workers and generating_on is not None and generating_on.type == "cuda"
+        else None,
     )

@@ -12,8 +12,10 @@ from genrep.train.tx.base import (
     TxRecipe,
     build_recipe,
 )
+from genrep.train.tx.batched import BatchedTx
 
 __all__ = [
+    "BatchedTx",
     "TX_RECIPES",
     "CenterSquareCrop",
     "SquareRandomResizedCrop",

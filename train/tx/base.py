@@ -24,6 +24,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from genrep.registry import Registry
+from genrep.train.tx.batched import BatchedTx
 
 Transform = Callable[[Image.Image], torch.Tensor]
 #: (top, left, height, width) of a crop, in pixels of the image it is taken from
@@ -117,6 +118,10 @@ class TxRecipe:
             [self.crop(input_size, square), *self.pixel_ops(input_size), T.PILToTensor()]
         )
 
+    def batched(self, input_size: int, square: bool = True) -> BatchedTx:
+        """The same Tx on batches of uint8 frames on the training device (`--tx-on device`)."""
+        return BatchedTx(self.crop(input_size, square), self.pixel_ops(input_size), square)
+
     def plain(self, input_size: int, image_size: int) -> Transform:
         """Tz only, for stored crops and photos: short side to `image_size`, then the central
         `input_size` square."""
@@ -129,10 +134,14 @@ class TxRecipe:
         image_size: int,
         center_crop: int | None = None,
         real: bool = False,
+        on_device: bool = False,
     ) -> Transform:
         """How a stored image (or a real photo, `real`) becomes a view. `center_crop`: the images
         are whole frames, and views without Tx take their central `center_crop` px (App. A);
-        None: they are crops already, resized to `image_size` as they always were."""
+        None: they are crops already, resized to `image_size` as they always were. `on_device`:
+        `batched` applies Tx later, and the workers only turn the frame into a tensor."""
+        if augment and on_device:
+            return T.PILToTensor()
         if augment:
             return self.augment(input_size, square=not real)
         if center_crop and not real:
