@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -47,7 +47,7 @@ def random_encoder(arch: str, seed: int) -> Backbone:
     model = random_backbone(arch, seed)
     return Backbone(
         model, arch, Path(f"random-init:{arch}:seed{seed}"), "random-init", weights_hash(model),
-        model.feature_dim,
+        cast(int, model.feature_dim),
     )  # fmt: skip
 
 

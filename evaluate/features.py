@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def encode_batches(
     """Yield (float32 features on `device`, labels) for each (images, labels) batch, encoder
     frozen, under autocast to `dtype` when given (`--precision`)."""
     # channels_last is the fast convolution layout for cuDNN and for oneDNN on CPU alike.
-    model.to(device, memory_format=torch.channels_last).eval()
+    model.to(device).to(memory_format=torch.channels_last).eval()
     with tqdm(total=total, desc=desc, unit="img", disable=None, leave=False) as progress:
         for images, labels in batches:
             images = images.to(device, non_blocking=True).contiguous(
@@ -115,7 +115,8 @@ class Preprocessing:
 
             if trained["tx"] in TX_RECIPES.names():
                 recipe_scale = tuple(TX_RECIPES.get(trained["tx"]).crop_scale)
-        chosen, origin = {}, {}
+        chosen: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         for name, candidates in {
             "size": [
                 ("flag", size),
@@ -134,7 +135,9 @@ class Preprocessing:
                 ("default", DEFAULT_CROP_SCALE),
             ],
         }.items():
-            origin[name], chosen[name] = next((o, v) for o, v in candidates if v is not None)
+            origin[name], chosen[name] = next(
+                (o, v) for o, v in cast(list[tuple[str, Any]], candidates) if v is not None
+            )
         chosen["crop_scale"] = tuple(float(x) for x in chosen["crop_scale"])
         return cls(**chosen, origin=origin)
 
@@ -270,7 +273,7 @@ class FrozenFeatures:
     def eval_features(self, split: str) -> np.ndarray:
         """Center-crop features of `split` [N, D], from the cache when they were computed before."""
         rows = len(self.dataset.items[split])
-        key = self.cache_key(split) if self.cache else None
+        key = self.cache_key(split)
         if self.cache and (cached := self.cache.load(key, rows)) is not None:
             self.log(f"{split} features: cached in {self.cache.path(key)}")
             return cached

@@ -101,7 +101,7 @@ def trained_on(encoder: Backbone) -> dict[str, Any] | None:
     config = encoder.training_config
     if not config:
         return None
-    summary = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    summary: dict[str, Any] = config["dataset"] if isinstance(config.get("dataset"), dict) else {}
     record: dict[str, Any] = {key: config.get(key) for key in TRAINING_KEYS}
     record["dataset"] = summary.get("name")
     folders = [str(folder) for folder in config.get("shards") or ()]

@@ -13,6 +13,12 @@
     average_over: [seed]           # axes averaged in tables and plots [default: the seed axes]
     table: {rows: [method], columns: [generate.sigma]}
     plots: [{x: generate.sigma, series: [method], log_x: true}]
+    reference:                     # cells outside the grid, a label per setting of flags
+      Tx only: {generate.view: none}
+
+A reference is run for each value of the averaged axes and the table's column axes (its seed
+spread), over the base alone: a row of the table and a horizontal line with its spread in each
+plot, the line the grid is read against (Tx only against Tz + Tx at every sigma).
 
 Every key names a flag of the stage's own command, checked against that command's click
 parameters when the file is read, so a typo fails before anything runs. A named axis value may set
@@ -46,7 +52,16 @@ MANAGED = {
     "train": {"shards", "out"},
     "probe": {"checkpoint", "out", "overwrite", "name"},
 }
-TOP_LEVEL_KEYS = ("description", "base", "axes", "seeds", "average_over", "table", "plots")
+TOP_LEVEL_KEYS = (
+    "description",
+    "base",
+    "axes",
+    "seeds",
+    "average_over",
+    "table",
+    "plots",
+    "reference",
+)
 SEED_AXIS = "seed"
 
 
@@ -104,16 +119,24 @@ class Experiment:
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     plots: tuple[Plot, ...]
+    #: the reference cells' settings, one per label (a named axis outside the grid)
+    reference: Axis | None = None
 
     @property
     def name(self) -> str:
         return self.path.stem
+
+    @property
+    def reference_axes(self) -> tuple[Axis, ...]:
+        """The axes a reference is crossed with: the averaged ones and the table's columns."""
+        return tuple(a for a in self.axes if a.name in self.average_over or a.name in self.columns)
 
     def axis(self, name: str) -> Axis:
         return next(axis for axis in self.axes if axis.name == name)
 
     def to_plain(self) -> dict[str, Any]:
         """The experiment as resolved (defaults filled in), saved in the sweep folder."""
+        reference = self.reference
         return {
             "description": self.description,
             "base": self.base,
@@ -123,6 +146,11 @@ class Experiment:
             "average_over": list(self.average_over),
             "table": {"rows": list(self.rows), "columns": list(self.columns)},
             "plots": [asdict(plot) for plot in self.plots],
+            **(
+                {"reference": dict(zip(reference.labels, reference.settings, strict=True))}
+                if reference
+                else {}
+            ),
         }
 
 
@@ -160,9 +188,14 @@ class ExperimentReader:
                 f"axis {left[0]!r} is in neither table.rows, table.columns nor average_over"
             )
         plots = self._plots(data.get("plots"), axes, average)
-        probe_datasets = [s.get("probe", {}).get("dataset") for a in axes for s in a.settings]
+        probe_datasets = [(s.get("probe") or {}).get("dataset") for a in axes for s in a.settings]
         if "dataset" not in base["probe"] and not any(probe_datasets):
             raise self.fail("set probe.dataset in base (e.g. digits) or on an axis")
+        reference = None
+        if data.get("reference"):
+            reference = self._named_axis("reference", data["reference"])
+            crossed = [a for a in axes if a.name in average or a.name in columns]
+            self._check_disjoint([*crossed, reference])
         return Experiment(
             self.path,
             str(data.get("description") or ""),
@@ -172,6 +205,7 @@ class ExperimentReader:
             tuple(rows),
             tuple(columns),
             tuple(plots),
+            reference,
         )
 
     def _mapping(self, value: Any, where: str, keys: tuple[str, ...] | None = None) -> dict:
@@ -234,12 +268,13 @@ class ExperimentReader:
         settings: dict[str, dict[str, Any] | None] = {stage: {} for stage in STAGES}
         for key, value in pairs.items():
             stage, name, value = self._dotted(str(key), value, where)
+            flags = settings[stage]
             if not name:
                 settings["generate"] = None
-            elif settings[stage] is None:
+            elif flags is None:
                 raise self.fail(f"{where}: generate: false takes no generate flags")
             else:
-                settings[stage][name] = value
+                flags[name] = value
         return settings
 
     def _axes(self, value: Any, seeds: Any) -> list[Axis]:
@@ -254,15 +289,7 @@ class ExperimentReader:
                 labels = tuple(v if isinstance(v, str) else json.dumps(v) for v in spec)
                 axes.append(Axis(name, labels, tuple(spec), settings))
             else:
-                spec = self._mapping(spec, where)
-                if not spec:
-                    raise self.fail(f"{where} must map labels to flags")
-                settings = tuple(
-                    self._settings(self._mapping(v, f"{where}.{k}"), f"{where}.{k}")
-                    for k, v in spec.items()
-                )
-                labels = tuple(map(str, spec))
-                axes.append(Axis(name, labels, labels, settings))
+                axes.append(self._named_axis(name, spec))
         if seeds is not None:
             if (
                 not isinstance(seeds, list)
@@ -280,6 +307,19 @@ class ExperimentReader:
             raise self.fail("two axes have one name")
         self._check_disjoint(axes)
         return axes
+
+    def _named_axis(self, name: str, spec: Any) -> Axis:
+        """`{label: {stage.flag: value, ...}, ...}` (an axis of named values, or the reference)."""
+        where = name if name == "reference" else f"axes.{name}"
+        spec = self._mapping(spec, where)
+        if not spec:
+            raise self.fail(f"{where} must map labels to flags")
+        settings = tuple(
+            self._settings(self._mapping(v, f"{where}.{k}"), f"{where}.{k}")
+            for k, v in spec.items()
+        )
+        labels = tuple(map(str, spec))
+        return Axis(name, labels, labels, settings)
 
     def _check_disjoint(self, axes: list[Axis]) -> None:
         """Two axes that set one flag would make a cell's value depend on their order."""

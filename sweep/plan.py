@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import click
 
 from genrep.evaluate.report import read_report
 from genrep.manifest import read_manifest
-from genrep.sweep.experiment import STAGES, Experiment, stage_params
+from genrep.sweep.experiment import STAGES, Axis, Experiment, stage_params
 
 DATA, RUNS, REPORTS, LOGS = "data", "runs", "reports", "logs"
 #: the longest readable part of a folder name
@@ -63,11 +64,15 @@ class Cell:
     dataset: Job | None
     run: Job
     report: Job
+    #: the reference's label for a reference cell (whose labels are only its crossed axes')
+    reference: str | None = None
 
     @property
     def name(self) -> str:
-        """`sigma=0.1 seed=0`: the cell's labels, each flag axis by its flag's name."""
-        return " ".join(f"{short_name(a)}={label}" for a, label in self.labels.items()) or "base"
+        """`sigma=0.1 seed=0`: the cell's labels, each flag axis by its flag's name; a reference
+        cell's starts with its label (`Tx only seed=0`)."""
+        parts = [f"{short_name(a)}={label}" for a, label in self.labels.items()]
+        return " ".join([self.reference, *parts] if self.reference else parts) or "base"
 
 
 @dataclass
@@ -97,10 +102,14 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def _overrides(experiment: Experiment, choice: tuple[int, ...]) -> list[tuple[str, str, Any]]:
+#: a cell's choice: an axis and the index of its value, for each axis that sets the cell's flags
+Picks = list[tuple[Axis, int]]
+
+
+def _overrides(picks: Picks) -> list[tuple[str, str, Any]]:
     """(stage, flag, value) of every flag the cell's axis values set ("" for `generate: false`)."""
     found = []
-    for axis, index in zip(experiment.axes, choice, strict=True):
+    for axis, index in picks:
         for stage, flags in axis.settings[index].items():
             items = [("", False)] if flags is None else flags.items()
             found += [(stage, flag, value) for flag, value in items]
@@ -110,7 +119,7 @@ def _overrides(experiment: Experiment, choice: tuple[int, ...]) -> list[tuple[st
 def _slug(overrides: list[tuple[str, str, Any]], stages: set[str]) -> str:
     """A readable name for a job: the flags the axes set for `stages`, e.g. `sigma0.2_seed1`."""
     parts = [
-        f"{flag}{Path(value).name if isinstance(value, str) else _text(value)}"
+        f"{flag}{Path(value).name if isinstance(value, str) else flag_text(value)}"
         if flag
         else "no-data"
         for stage, flag, value in overrides
@@ -132,14 +141,14 @@ def _option_args(param: click.Option, value: Any) -> list[str]:
         return [
             arg
             for key, item in items
-            for arg in (flag, _text(item) if key is None else f"{key}={_text(item)}")
+            for arg in (flag, flag_text(item) if key is None else f"{key}={flag_text(item)}")
         ]
     if isinstance(value, (list, tuple)):
-        return [flag, ",".join(map(_text, value))]
-    return [flag, _text(value)]
+        return [flag, ",".join(map(flag_text, value))]
+    return [flag, flag_text(value)]
 
 
-def _text(value: Any) -> str:
+def flag_text(value: Any) -> str:
     """A value as YAML reads it back (flags of KEY=VALUE options are YAML-typed)."""
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -157,14 +166,15 @@ def stage_args(stage: str, settings: dict[str, Any]) -> list[str]:
     return args
 
 
-def _cell_settings(experiment: Experiment, choice: tuple[int, ...]) -> dict:
+def _cell_settings(experiment: Experiment, picks: Picks) -> dict:
     settings: dict[str, dict[str, Any] | None] = copy.deepcopy(experiment.base)
-    for axis, index in zip(experiment.axes, choice, strict=True):
+    for axis, index in picks:
         for stage, flags in axis.settings[index].items():
+            current = settings[stage]
             if flags is None:
                 settings[stage] = None
-            elif settings[stage] is not None:
-                settings[stage].update(flags)
+            elif current is not None:
+                current.update(flags)
     return settings
 
 
@@ -183,12 +193,13 @@ class Planner:
             self.jobs[stage, digest] = make(f"{stage}-{slug}-{digest}", f"{slug}-{digest}")
         return self.jobs[stage, digest]
 
-    def cell(self, index: int, choice: tuple[int, ...]) -> Cell:
-        axes = list(self.experiment.axes)
-        labels = {a.name: a.labels[i] for a, i in zip(axes, choice, strict=True)}
-        overrides = _overrides(self.experiment, choice)
-        values = {a.name: a.values[i] for a, i in zip(axes, choice, strict=True)}
-        settings = _cell_settings(self.experiment, choice)
+    def cell(self, index: int, picks: Picks, reference: str | None = None) -> Cell:
+        """The cell of `picks`; a reference cell's first pick is the reference's value."""
+        axes = picks[1:] if reference else picks
+        labels = {a.name: a.labels[i] for a, i in axes}
+        overrides = _overrides(picks)
+        values = {a.name: a.values[i] for a, i in axes}
+        settings = _cell_settings(self.experiment, picks)
         dataset = None
         if settings["generate"] is not None:
             generate = settings["generate"]
@@ -231,20 +242,31 @@ class Planner:
                 [run.id],
             ),
         )
-        cell = Cell(index, labels, values, settings, dataset, run, report)
+        cell = Cell(index, labels, values, settings, dataset, run, report, reference)
         for job in (dataset, run, report):
             if job is not None:
                 job.cells.append(index)
         return cell
 
     def plan(self) -> Plan:
-        ranges = [range(len(axis.labels)) for axis in self.experiment.axes]
-        cells = [self.cell(i, choice) for i, choice in enumerate(itertools.product(*ranges))]
+        """The grid's cells, then each reference crossed with the experiment's reference axes."""
+        cells = [self.cell(i, picks) for i, picks in enumerate(_picks(self.experiment.axes))]
+        reference = self.experiment.reference
+        for i, label in enumerate(reference.labels if reference else ()):
+            for picks in _picks(self.experiment.reference_axes):
+                cells.append(self.cell(len(cells), [(reference, i), *picks], label))
         for job in self.jobs.values():
             job.argv += _outputs(job, cells)
         order = {stage: i for i, stage in enumerate(STAGES)}
         jobs = sorted(self.jobs.values(), key=lambda job: order[job.stage])
         return Plan(self.folder, cells, {job.id: job for job in jobs})
+
+
+def _picks(axes: tuple[Axis, ...]) -> Iterator[Picks]:
+    """Every choice of one value per axis, in grid order."""
+    ranges = [range(len(axis.labels)) for axis in axes]
+    for choice in itertools.product(*ranges):
+        yield list(zip(axes, choice, strict=True))
 
 
 def _outputs(job: Job, cells: list[Cell]) -> list[str]:

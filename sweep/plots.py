@@ -1,7 +1,8 @@
 """Figures of a sweep, as PNG and SVG under SWEEP/plots/ (matplotlib: `pip install genrep[plots]`).
 
-- the metric against a swept axis, one line per series, error bars over the averaged axes and the
-  random-init baseline as a dashed line (the shape of the paper's Fig. 5 and Fig. 6);
+- the metric against a swept axis, one line per series, error bars over the averaged axes, the
+  random-init baseline as a dashed line and each reference as a dotted line in a band of its
+  spread (the shape of the paper's Fig. 5 and Fig. 6);
 - training curves (loss, positive top-1, learning rate) of every run, from its log.jsonl.
 """
 
@@ -61,7 +62,8 @@ def metric_plot(
     experiment: Experiment, spec: Plot, results: list[Result], title: str
 ) -> Any | None:
     """One figure of the metric against `spec.x` for `results` (None when none is finished)."""
-    done = [r for r in results if r.report is not None]
+    finished = [r for r in results if r.report is not None]
+    done = [r for r in finished if r.cell.reference is None]
     if not done:
         return None
     plt = _pyplot()
@@ -88,16 +90,32 @@ def metric_plot(
     else:
         for name, (mean, color) in baselines.items():
             ax.axhline(mean, linestyle="--", color=color, label=f"{name}, random init")
+    _reference_lines(ax, experiment, finished, first=len(group(done, spec.series)))
     if _log_x(spec, [float(p) for p in positions] if axis.numeric else []):
         ax.set_xscale("log")
     if not axis.numeric:
         ax.set_xticks(positions, axis.labels, rotation=20, ha="right")
     ax.set_xlabel(spec.x)
-    ax.set_ylabel(" or ".join(sorted({r.column_label() for r in done})))
+    ax.set_ylabel(" or ".join(sorted({r.column_label() for r in finished})))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure
+
+
+def _reference_lines(ax: Any, experiment: Experiment, results: list[Result], first: int) -> None:
+    """Each reference's mean as a dotted line (colours from the `first`-th of the cycle on), in a
+    band of ± its std over its cells."""
+    labels = experiment.reference.labels if experiment.reference else ()
+    for color, label in enumerate(labels, start=first):
+        values = [r.metric() for r in results if r.cell.reference == label]
+        if not values:
+            continue
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        text = f"{label} (± std, {len(values)} cells)" if std else label
+        ax.axhline(mean, linestyle=":", color=f"C{color % 10}", label=text)
+        ax.axhspan(mean - std, mean + std, color=f"C{color % 10}", alpha=0.15, linewidth=0)
 
 
 def metric_plots(plan: Plan, experiment: Experiment, results: list[Result]) -> list[Path]:
@@ -110,7 +128,18 @@ def metric_plots(plan: Plan, experiment: Experiment, results: list[Result]) -> l
             for a in experiment.axes
             if a.name not in (spec.x, *spec.series, *experiment.average_over)
         )
-        for panel_key, panel in group(results, others).items():
+        grid = [r for r in results if r.cell.reference is None]
+        for panel_key, panel in group(grid, others).items():
+            # A reference's cells lack the labels of axes it is not crossed with: it is in each
+            # panel of those.
+            panel = panel + [
+                r
+                for r in results
+                if r.cell.reference is not None
+                and all(
+                    r.cell.labels.get(a, k) == k for a, k in zip(others, panel_key, strict=True)
+                )
+            ]
             suffix = column_name(others, panel_key) if others else ""
             title = f"{experiment.name}" + (f" ({suffix})" if suffix else "")
             figure = metric_plot(experiment, spec, panel, title)

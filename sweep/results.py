@@ -16,7 +16,7 @@ from typing import Any
 from genrep.evaluate.report import read_report
 from genrep.io import atomic_write_bytes
 from genrep.sweep.experiment import Experiment
-from genrep.sweep.plan import Cell, Plan, short_name
+from genrep.sweep.plan import Cell, Plan, flag_text, short_name
 
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
@@ -47,6 +47,8 @@ class Result:
     def column_label(self) -> str:
         """What the number is: "<probe dataset> <protocol> <metric>"."""
         report = self.report
+        if report is None:
+            return "not measured"
         return f"{report['dataset']['label']} {report['protocol']} {report['primary_metric']}"
 
 
@@ -69,7 +71,9 @@ def results_csv(results: list[Result], experiment: Experiment) -> str:
     for result in results:
         report = result.report or {}
         row: dict[str, Any] = {"cell": result.cell.index}
-        row.update({axis.name: result.cell.labels[axis.name] for axis in experiment.axes})
+        if experiment.reference:
+            row["reference"] = result.cell.reference or ""
+        row.update({axis.name: result.cell.labels.get(axis.name, "") for axis in experiment.axes})
         row.update(
             status="done" if report else "missing",
             dataset=report.get("dataset", {}).get("label"),
@@ -127,16 +131,22 @@ def _grid(
     value: Callable[[Result], float | None],
     signed: bool = False,
 ) -> list[list[str]]:
-    """Rows of a grid: the row's labels ("all" without row axes), then one cell per column."""
+    """Rows of a grid: the row's labels ("all" without row axes), then one cell per column; then a
+    row per reference, labelled by it."""
     columns = list(group(results, experiment.columns))
+    grid = [r for r in results if r.cell.reference is None]
+    rows = [(key or ("all",), chosen) for key, chosen in group(grid, experiment.rows).items()]
+    padding = [""] * (max(1, len(experiment.rows)) - 1)
+    for label in experiment.reference.labels if experiment.reference else ():
+        rows.append(((label, *padding), [r for r in results if r.cell.reference == label]))
     body = []
-    for row_key, row_results in group(results, experiment.rows).items():
+    for row_label, row_results in rows:
         cells = []
         for column_key in columns:
             chosen = [r for r in row_results if key_of(r, experiment.columns) == column_key]
             text = mean_std([v for r in chosen if (v := value(r)) is not None], len(chosen))
             cells.append(_signed(text) if signed else text)
-        body.append([*(row_key or ("all",)), *cells])
+        body.append([*row_label, *cells])
     return body
 
 
@@ -153,9 +163,11 @@ def _baseline_row(experiment: Experiment, results: list[Result]) -> list[str]:
     row = ["random init", *[""] * (max(1, len(experiment.rows)) - 1)]
     for column in group(results, experiment.columns).values():
         # One number per distinct baseline record: cells that share a probe share its baseline.
-        records = {
-            r.report["baseline"]["record"]: r.baseline() for r in column if r.baseline() is not None
-        }
+        records: dict[str, float] = {}
+        for r in column:
+            value = r.baseline()
+            if r.report is not None and value is not None:
+                records[r.report["baseline"]["record"]] = value
         row.append(mean_std(list(records.values()), len(records)))
     return row
 
@@ -163,6 +175,17 @@ def _baseline_row(experiment: Experiment, results: list[Result]) -> list[str]:
 def _markdown(header: list[str], body: list[list[str]], label_columns: int) -> str:
     lines = [header, ["---"] * label_columns + ["---:"] * (len(header) - label_columns), *body]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def settings_text(settings: dict[str, dict[str, Any] | None]) -> str:
+    """`generate.view=none, train.augment=false` (`generate: false` for no dataset)."""
+    parts = []
+    for stage, flags in settings.items():
+        if flags is None:
+            parts.append(f"{stage}: false")
+        else:
+            parts += [f"{stage}.{flag}={flag_text(value)}" for flag, value in flags.items()]
+    return ", ".join(parts)
 
 
 def results_markdown(results: list[Result], experiment: Experiment) -> str:
@@ -179,12 +202,23 @@ def results_markdown(results: list[Result], experiment: Experiment) -> str:
     metric_grid = [*_grid(experiment, results, Result.metric), _baseline_row(experiment, results)]
     lift_grid = _grid(experiment, results, Result.lift, signed=True)
     averaged = ", ".join(experiment.average_over) or "nothing"
+    reference = experiment.reference
+    references = (
+        [
+            f"{label}: the base with {settings_text(settings)}"
+            for label, settings in zip(reference.labels, reference.settings, strict=True)
+        ]
+        if reference
+        else []
+    )
     parts = [
         f"# {experiment.name}",
         "",
         *([experiment.description.strip(), ""] if experiment.description else []),
         f"{metric}: mean ± std over {averaged} ({len(done)} of {len(results)} cells finished).",
         "",
+        *(f"Reference {text}." for text in references),
+        *([""] if references else []),
         _markdown(header, metric_grid, labels),
         "",
         "Lift over the random-init baseline (the same architecture untrained, same probe):",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -20,7 +21,8 @@ from genrep.sweep.experiment import read_experiment
 from genrep.sweep.plan import make_plan
 from genrep.sweep.runner import LocalRunner, make_slots
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
 
 TINY = {
     "description": "a tiny 2x2 sweep",
@@ -138,6 +140,36 @@ def test_a_rerun_skips_finished_cells_and_redoes_what_is_missing(swept):
     assert "already trained" in train_log.read_text()
 
 
+def test_a_reference_reuses_the_grid_and_is_a_table_row_and_a_plotted_line(swept, tmp_path):
+    _, done = swept
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    with_reference = {**TINY, "reference": {"Tx only": {"generate.view": "none"}}}
+    experiment = write_experiment(tmp_path, with_reference)
+    plan = make_plan(read_experiment(experiment), out)
+    assert [c.name for c in plan.cells[4:]] == ["Tx only seed=0", "Tx only seed=1"]
+    assert plan.cells[4].dataset is plan.cells[5].dataset  # crossed with the seeds only
+    assert "--view" in plan.cells[4].dataset.argv and "--sigma" not in plan.cells[4].dataset.argv
+    result = sweep(experiment, "--out", out, "--jobs", "2")
+    assert "6 cells, 4 finished; jobs to run: 1/3 generate, 2/6 train, 2/6 probe" in result.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["reference"], r["generate.sigma"], r["train.seed"]) for r in rows[3:]] == [
+        ("", "1.0", "1"),
+        ("Tx only", "", "0"),
+        ("Tx only", "", "1"),
+    ]
+    assert all(row["status"] == "done" for row in rows)
+    assert [r["trained_on.view"] for r in rows[4:]] == ["none", "none"]
+    markdown = (out / "results.md").read_text().splitlines()
+    assert "Reference Tx only: the base with generate.view=none." in markdown
+    values = [float(r["value"]) for r in rows[4:]]
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    table = markdown[markdown.index("| generate.sigma | digits knn top1 |") :]
+    assert table[4] == f"| Tx only | {mean:.2f} ± {std:.2f} |"
+    assert table[5].startswith("| random init | ")
+    assert "Tx only (± std, 2 cells)" in (out / "plots" / "generate.sigma.svg").read_text()
+
+
 def test_print_commands_writes_a_slurm_array_per_stage(tmp_path):
     experiment = write_experiment(tmp_path, TINY)
     out = tmp_path / "out"
@@ -214,6 +246,11 @@ def test_a_sweep_folder_must_be_new_or_a_sweep(tmp_path):
         ({"average_over": ["seed"]}, "average_over: no axis 'seed'; axes: generate.sigma"),
         ({"table": {"rows": []}}, "axis 'generate.sigma' is in neither table.rows"),
         ({"plots": [{"x": "train.seed", "colour": "red"}]}, "plots[0] has unknown key 'colour'"),
+        (
+            {"reference": {"r": {"train.seed": 3}}},
+            "axes 'train.seed' and 'reference' both set train.seed",
+        ),
+        ({"reference": {"r": {"generate.sigmaa": 3}}}, "reference.r: generate has no flag"),
     ],
 )
 def test_a_bad_experiment_is_one_line_before_anything_runs(tmp_path, edit, message):
@@ -277,6 +314,9 @@ def test_devices_are_given_to_the_jobs_in_turn():
         ("fig5-sigma-cpu", (5, 10, 10)),
         ("fig6-samples-cpu", (3, 6, 6)),
         ("table1-cpu", (3, 6, 12)),
+        ("../docs/sweeps/fig5-sigma-cpu-small", (3, 6, 6)),
+        ("../docs/sweeps/embedded-sigma-cpu", (6, 12, 12)),
+        ("../docs/sweeps/embedded-sigma-cpu-seed2", (2, 2, 2)),
     ],
 )
 def test_the_shipped_experiments_read_and_share_their_jobs(tmp_path, name, jobs):

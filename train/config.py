@@ -218,6 +218,12 @@ class TrainConfig:
             raise UsageError("pass --epochs or --steps, not both")
         per_epoch = steps_per_epoch(info, batch)
         epochs = self.epochs or DEFAULT_EPOCHS
+        # a run on shards records no generator flags (nor did runs before online training)
+        cleared: dict[str, Any] = (
+            {}
+            if online
+            else {spec.name: None for spec in fields(self) if spec.metadata.get("online")}
+        )
         return replace(
             self,
             objective=objective.name,
@@ -239,12 +245,7 @@ class TrainConfig:
             manifest_hash=info.manifest_hash,
             center_crop=info.center_crop,
             generator_identity=info.generator_identity if online else None,
-            # a run on shards records no generator flags (nor did runs before online training)
-            **(
-                {}
-                if online
-                else {spec.name: None for spec in fields(self) if spec.metadata.get("online")}
-            ),
+            **cleared,
             **self._effective_objective_options(objective.name),
         )
 

@@ -177,7 +177,8 @@ class RunLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")
         for key, value in values.items():
-            self.writer.add_scalar(f"train/{key}", value, step)
+            if self.writer is not None:
+                self.writer.add_scalar(f"train/{key}", value, step)
 
     def close(self) -> None:
         if self.writer is not None:

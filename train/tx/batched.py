@@ -54,7 +54,9 @@ def to_batched(transform: object) -> BatchedOp:
     return builder(transform)
 
 
-def _uniform(n: int, low: float, high: float, like: torch.Tensor, g: torch.Generator):
+def _uniform(
+    n: int, low: float, high: float, like: torch.Tensor, g: torch.Generator
+) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=g, device=like.device)
 
 
@@ -225,15 +227,16 @@ def _color_jitter(transform: T.ColorJitter) -> BatchedOp:
         # Each image applies the four adjustments in an order of its own, as ColorJitter does.
         order = torch.rand(n, len(adjustments), generator=g, device=images.device).argsort(1)
         factors = [
-            _uniform(n, *bounds, images, g) if bounds is not None else None
+            _uniform(n, bounds[0], bounds[1], images, g) if bounds is not None else None
             for bounds, _ in adjustments
         ]
         for position in range(len(adjustments)):
-            for index, (bounds, adjust) in enumerate(adjustments):
+            for index, (_, adjust) in enumerate(adjustments):
                 chosen = (order[:, position] == index).nonzero()[:, 0]
-                if bounds is None or not len(chosen):
+                factor = factors[index]
+                if factor is None or not len(chosen):
                     continue
-                changed = adjust(images[chosen], factors[index][chosen])
+                changed = adjust(images[chosen], factor[chosen])
                 images = images.index_copy(0, chosen, changed)
         return images
 
