@@ -471,6 +471,7 @@ class ShardGenerator:
         return job
 
     def _write(self, job: _ShardJob) -> None:
+        assert job.k is not None  # a shard's job (online samples are never written)
         staged = StagedFile(self.plan.out / shard_name(job.k))
         try:
             with naming(staged.path):

@@ -11,7 +11,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from genrep.errors import DataError, UserError
 
@@ -121,13 +121,13 @@ class StagedFile:
         self.path, self.tmp = Path(path), tmp_path_for(path)
         self.sha256, self.size = "", 0
 
-    def __enter__(self) -> HashingWriter:
+    def __enter__(self) -> BinaryIO:
         try:
             self._file = open(self.tmp, "wb")  # closed in __exit__
         except OSError as err:  # name the file the user asked for, not its temporary name
             raise OSError(err.errno, err.strerror, os.fspath(self.path)) from None
         self._writer = HashingWriter(self._file)
-        return self._writer
+        return cast(BinaryIO, self._writer)  # a write-only binary file
 
     def __exit__(self, *exc: object) -> None:
         self._file.close()
@@ -141,7 +141,7 @@ class StagedFile:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[HashingWriter]:
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write that appears under `path` only if the block completes."""
     staged = StagedFile(path)
     try:

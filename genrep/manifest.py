@@ -47,6 +47,7 @@ from genrep.shards import (
     READABLE_VERSIONS,
     SHARD_RE,
     shard_name,
+    shard_number,
 )
 
 MANIFEST = "manifest.json"
@@ -236,7 +237,7 @@ def _shards_problem(manifest: dict[str, Any]) -> str | None:
         )
         if problem:
             return problem
-        k = int(SHARD_RE.match(entry["name"]).group(1))
+        k = shard_number(entry["name"])
         if entry["name"] != shard_name(k) or not previous < k < manifest["num_shards"]:
             return f"shard entry {entry['name']!r} is not a shard of this dataset, in order"
         first = k * manifest["shard_size"]
@@ -503,7 +504,7 @@ class DatasetWriter:
         }
 
     def _entry(self, name: str, sha256: str, size: int) -> dict[str, Any]:
-        k = int(SHARD_RE.match(name).group(1))
+        k = shard_number(name)
         return {
             "name": name,
             "samples": shard_samples(self.base, k),

@@ -20,7 +20,7 @@ import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from PIL import Image
@@ -118,7 +118,7 @@ class StoredFrame:
         return f"{self.width}x{self.height} px ({what}, native {self.native_width}x{self.native_height})"
 
 
-def stored_frame(manifest: dict[str, Any]) -> StoredFrame:
+def stored_frame(manifest: Mapping[str, Any]) -> StoredFrame:
     """The stored frame of a dataset, for every readable format version."""
     image = manifest["image"]
     if manifest["format_version"] == 1:  # square images of `size`, cropped or resized
@@ -140,6 +140,14 @@ def sample_key(index: int) -> str:
 
 def shard_name(k: int) -> str:
     return SHARD_PATTERN.format(k)
+
+
+def shard_number(name: str) -> int:
+    """k of a shard named shard_name(k) (a name SHARD_RE matches)."""
+    match = SHARD_RE.match(name)
+    if match is None:
+        raise ShardFormatError(f"{name!r} is not a shard name (shard-NNNNNN.tar)")
+    return int(match.group(1))
 
 
 def encode_image(image: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -314,7 +322,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
             raise ShardFormatError(
                 f"a tar header of {self.size} bytes, over the {MAX_HEADER_BYTES} a shard may use"
             )
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
 class _HashingReader:
@@ -366,16 +374,17 @@ class ShardFile:
         """The raw samples in order: consecutive members sharing a key (webdataset's grouping)."""
         sample: dict[str, Any] = {}
         try:
-            head = self._file.peek(8)
+            head = cast(io.BufferedReader, self._file).peek(8)  # open_file's files buffer
             kind = next(
                 (k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None
             )
             if kind:
                 raise ShardFormatError(f"a {kind}-compressed file; shards are uncompressed tar")
             # "r|": a plain tar stream; tarfile's "r|*" would inflate a compressed one.
-            with tarfile.open(fileobj=self._reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+            reader = cast(BinaryIO, self._reader)
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:
                 for info in tar:
-                    tar.members = []  # stream mode keeps every header otherwise
+                    tar.members = []  # type: ignore[attr-defined]  # stream mode keeps every header
                     match = _FIELD_RE.match(info.name)
                     if not info.isreg() or match is None:
                         continue
@@ -391,7 +400,9 @@ class ShardFile:
                     sample.setdefault("__key__", key)
                     if name in sample:
                         raise ShardFormatError(f"sample {key} holds {name} twice")
-                    sample[name] = tar.extractfile(info).read()
+                    member = tar.extractfile(info)
+                    assert member is not None  # a regular file's data
+                    sample[name] = member.read()
         except (tarfile.TarError, EOFError) as err:
             raise ShardFormatError(f"not a readable tar ({err})") from None
         except DataError as err:  # the file is longer or shorter than its manifest says
@@ -410,6 +421,7 @@ class ShardFile:
             raise ShardFormatError(str(err)) from None
         except OSError as err:
             raise ShardFormatError(f"unreadable ({err.strerror or err})") from None
+        assert self.entry is not None, "a checksum needs the manifest entry"
         return self._reader.digest.hexdigest() == self.entry["sha256"]
 
     def check(self) -> None:

@@ -284,7 +284,7 @@ def _cells(
         top, left, height, width = (round(v * scale) for v in box)
         outline = (left, top, left + width - 1, top + height - 1)
         ImageDraw.Draw(shown).rectangle(outline, outline=(255, 0, 0), width=2)
-    return [shown, seen.resize((size[1], size[1]), Image.NEAREST)]
+    return [shown, seen.resize((size[1], size[1]), Image.Resampling.NEAREST)]
 
 
 class _TrainingViews:

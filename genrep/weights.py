@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -287,7 +287,7 @@ def load_restricted_pickle(
 ) -> Any:
     """Unpickle `path` allowing only the globals of `allowed` (mapped to their stand-ins)."""
     with open_regular(path, WeightsError) as f:
-        if f.peek(4)[:4] == ZIP_MAGIC:
+        if cast(io.BufferedReader, f).peek(4)[:4] == ZIP_MAGIC:
             raise WeightsError(
                 f"{path} is a torch.save archive, not a pickled network snapshot: name it .pt "
                 "(a state dict), or pass the .pkl snapshot"
