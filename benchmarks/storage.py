@@ -51,7 +51,8 @@ def frame_pixels(resolution: int, rows: tuple[int, int] | None, pairs: int) -> t
         )
     if rows is not None:
         images = images[:, :, rows[0] : rows[1]]
-    pixels = to_uint8(images, "full", tuple(images.shape[-2:]))
+    # N x H x W x 3, as the Pillow encoder takes them
+    pixels = to_uint8(images, "full", tuple(images.shape[-2:])).permute(0, 2, 3, 1).numpy()
     return [pixels[0::2], pixels[1::2]], latents
 
 
