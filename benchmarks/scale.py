@@ -70,7 +70,13 @@ def synthetic_dataset(folder: Path, n: int, shard_size: int = 1000) -> Path:
     image = {"width": 32, "height": 32, "frame": "full", "native_width": 32}
     image.update(native_height=32, format="jpg", quality=95, encoder="pil")
     manifest = new_manifest(
-        generator={"name": "embedded", "z_dim": 128, "num_classes": 0, "resolution": 32},
+        generator={
+            "name": "embedded",
+            "z_dim": 128,
+            "num_classes": 0,
+            "resolution": 32,
+            "weights_sha256": "0" * 64,
+        },
         view={"name": "gaussian", "params": {}},
         seed=0,
         n=n,

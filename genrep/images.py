@@ -55,6 +55,8 @@ def decode_image(
         raise DataError(
             f"image over the {MAX_IMAGE_PIXELS} pixels genrep decodes ({err})"
         ) from None
+    except Image.UnidentifiedImageError:  # its message is only the stream's repr
+        raise DataError("undecodable image: unknown format or damaged header") from None
     except Exception as err:  # corrupt bytes surface as many exception types
         raise DataError(f"undecodable image ({type(err).__name__}: {err})") from None
 

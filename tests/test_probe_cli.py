@@ -392,4 +392,6 @@ def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir, workers):
     error = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and "Traceback" not in result.output
     bad = data / "train" / "class0" / "000.png"
-    assert error[0].startswith(f"Error: cannot read image {bad.resolve()} (cannot identify image")
+    assert error[0].startswith(
+        f"Error: cannot read image {bad.resolve()} (undecodable image: unknown format or damaged header)"
+    )

@@ -334,7 +334,7 @@ def _one_line_error(result) -> str:
         (["--weight-decay", "-1e-4"], "--weight-decay must be a finite number >= 0"),
         (["--temperature", "0"], "--temperature must be a finite number > 0"),
         (["--temperature", "inf"], "--temperature must be a finite number > 0"),
-        (["--projection-dim", "0"], "--projection-dim must be >= 1, got 0"),
+        (["--projection-dim", "0"], "--projection-dim must be >= 1 and <= 65536, got 0"),
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
         (["--objective", "inverter", "--temperature", "0.5"], "does not take --temperature"),
