@@ -76,6 +76,8 @@ def _read_datasets(folders: list[str]) -> list[dict[str, Any]] | None:
             manifest = read_manifest(found)
         except ManifestError:
             return None
+        if manifest is None:
+            return None
         facts.append(dataset_facts(str(found.resolve()), manifest))
     return facts
 

@@ -407,6 +407,7 @@ class TrainingStream(IterableDataset):
             return
         # Shards mixed with real images: position i is real iff floor((i+1)p) > floor(ip), so
         # any prefix holds the fraction p of real samples and both positions follow from `skip`.
+        assert self.info.real_fraction is not None  # set whenever real images are mixed in
         p = Fraction(self.info.real_fraction).limit_denominator(10_000)
         real_done = skip * p.numerator // p.denominator
         generated = self._source_stream(sources[0], stream, streams, skip - real_done)
@@ -443,7 +444,7 @@ class TrainingStream(IterableDataset):
         if "__error__" in raw:
             raise ShardFormatError(raw["__error__"])
         seed = sample_seed(spec.seed, raw["__epoch__"], raw["__uid__"])
-        latents = None
+        latents: list[np.ndarray] | None = None
         if "label" in raw:  # a real image file
             try:
                 image = read_image_file(raw["__url__"])
@@ -457,7 +458,7 @@ class TrainingStream(IterableDataset):
         example: dict[str, Any] = {"key": raw["__uid__"], "label": -1}
         if spec.needs_labels:
             example["label"] = label
-        if spec.needs_latents:
+        if spec.needs_latents and latents is not None:
             example["latents"] = torch.from_numpy(np.stack(latents)).float()
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
@@ -492,22 +493,23 @@ class TrainingStream(IterableDataset):
         sample = decode_sample(members, raw["__expected__"])
         label = -1
         if spec.needs_labels:
-            if sample.label is None or sample.label not in (spec.label_index or {}):
+            label_index = spec.label_index or {}
+            if sample.label is None or sample.label not in label_index:
                 raise ShardFormatError(f"sample {sample.key}: lacks a known class label")
-            label = spec.label_index[sample.label]
+            label = label_index[sample.label]
         latents: list[np.ndarray] = []
         if spec.needs_latents:
-            if sample.latent is None or (
-                chosen
-                and (
-                    sample.neighbor_latents is None
-                    or sample.neighbor_latents.shape[0] <= chosen[-1]
-                )
+            anchor_latent = sample.latent
+            neighbor_latents = sample.neighbor_latents if chosen else None
+            if anchor_latent is None or (
+                chosen and (neighbor_latents is None or neighbor_latents.shape[0] <= chosen[-1])
             ):
                 raise ShardFormatError(f"sample {sample.key}: lacks its latents")
-            latents = [sample.latent] + [sample.neighbor_latents[j] for j in chosen]
+            latents = [anchor_latent]
+            if neighbor_latents is not None:
+                latents += [neighbor_latents[j] for j in chosen]
         if not spec.neighbors:
-            return [sample.anchor] * spec.views, [sample.latent] * spec.views, label
+            return [sample.anchor] * spec.views, latents[:1] * spec.views, label
         return [sample.anchor, *sample.neighbors], latents, label
 
 

@@ -114,7 +114,8 @@ def next_batch(batches: Iterator[dict[str, Any]], env: Distributed) -> dict[str,
         dist.all_reduce(stopped, dist.ReduceOp.MAX, group=env.control)
         if stopped.item():
             reports: list[str | None] = [None] * env.world
-            dist.all_gather_object(reports, problem and str(problem), group=env.control)
+            mine = str(problem) if problem is not None else None
+            dist.all_gather_object(reports, mine, group=env.control)
             if problem is None:
                 rank, message = next((r, m) for r, m in enumerate(reports) if m)
                 raise DataError(f"rank {rank} stopped: {message}")
@@ -396,14 +397,10 @@ def _train(
             images = normalize(images)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = {
-                "views": views,
-                **{
-                    key: batch[key].to(env.device, non_blocking=True)
-                    for key in ("label", "latents")
-                    if key in batch
-                },
-            }
+            targets: dict[str, Any] = {"views": views}
+            for key in ("label", "latents"):
+                if key in batch:
+                    targets[key] = batch[key].to(env.device, non_blocking=True)
             with autocast():
                 loss, metrics = wrapped(images, targets)
             optimizer.zero_grad(set_to_none=True)
