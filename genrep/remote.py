@@ -330,8 +330,14 @@ def _amount(limit: int) -> str:
 def read_capped(location: Location, limit: int, what: str) -> bytes:
     """The whole file at `location` (a path or URL, opened by `open_file`), refused when it is
     larger than `limit` bytes."""
+    # Read in chunks: one read(limit + 1) would allocate the whole cap for a small file.
+    chunks: list[bytes] = []
+    size = 0
     with open_file(location) as file:
-        data = file.read(limit + 1)
+        while chunk := file.read(min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    data = b"".join(chunks)
     if len(data) > limit:
         raise DataError(f"{location} is larger than the {_amount(limit)} a {what} may be")
     return data
