@@ -4,6 +4,7 @@ image encoder, probe protocol or probe dataset is tested by being registered (CO
 from __future__ import annotations
 
 import inspect
+import io
 
 import numpy as np
 import pytest
@@ -145,8 +146,6 @@ def test_image_encoder_writes_decodable_images_of_the_input(registry, name):
     encoder = registry.build(name, "jpg", 95, torch.device("cpu"))
     encoded = encoder.encode(pixels, None)
     assert isinstance(encoded, list) and len(encoded) == 2
-    import io
-
     with Image.open(io.BytesIO(encoded[0])) as image:
         assert image.size == (24, 16)
 
