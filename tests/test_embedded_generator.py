@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from genrep.generate.models import GENERATORS, build_generator
 from genrep.generate.models.embedded import COLOR_PER_UNIT, SHIFT_PER_UNIT
 
 
-@pytest.fixture(scope="module")
-def generator():
-    return build_generator("embedded", resolution=64)
+@pytest.fixture(scope="module", params=[0, 1], ids=["plain", "fields"])
+def generator(request):
+    return build_generator("embedded", resolution=64, fields=request.param)
 
 
 def test_registered_as_default_model_with_paper_like_defaults(generator):
@@ -23,11 +24,13 @@ def test_registered_as_default_model_with_paper_like_defaults(generator):
     assert generator.z_dim >= 64
     assert not generator.conditional and generator.default_sigma == 0.2
     assert build_generator("embedded").resolution == 128
+    assert build_generator("embedded").fields == 0
 
 
 def test_fixed_function_of_z(generator):
     z = torch.randn(4, generator.z_dim, generator=torch.Generator().manual_seed(1))
-    first, again = generator(z), build_generator("embedded", resolution=64)(z)
+    first = generator(z)
+    again = build_generator("embedded", resolution=64, fields=generator.fields)(z)
     assert first.shape == (4, 3, 64, 64)
     assert torch.equal(first, again)
     assert first.min() >= -1 and first.max() <= 1
@@ -124,3 +127,58 @@ def test_device_is_where_parameters_or_buffers_live(generator):
 
     assert ParametersOnly().device.type == "meta"
     assert generator.device == torch.device("cpu")
+
+
+def test_fields_are_their_own_weights_over_the_same_network():
+    plain = build_generator("embedded", resolution=32)
+    fields = build_generator("embedded", resolution=32, fields=1)
+    stronger = build_generator("embedded", resolution=32, fields=2)
+    assert len({plain.weights_sha256, fields.weights_sha256, stronger.weights_sha256}) == 3
+    assert (
+        plain.weights_sha256 == build_generator("embedded", resolution=32, fields=0).weights_sha256
+    )
+    for name in ("w1", "w2", "w3", "frequency", "phase", "geometry_dirs", "color_dirs"):
+        assert torch.equal(getattr(plain, name), getattr(fields, name)), name
+    # The field directions drive no style: moving along them changes only the fields.
+    assert fields.style_phase.T @ fields.field_dirs.T == pytest.approx(0, abs=1e-9)
+
+
+def test_field_neighbors_keep_colors_and_vary_bend_and_light():
+    """Half a unit along the field directions turns each field half a cycle: the image changes about
+    as much as a Gaussian neighbor at sigma 0.3 of the plain network, while its chromaticity (the
+    color of the light, not its brightness) changes less than half as much as that neighbor's."""
+    gen = torch.Generator().manual_seed(6)
+    plain = build_generator("embedded", resolution=64)
+    fields = build_generator("embedded", resolution=64, fields=1)
+    z = torch.randn(32, fields.z_dim, generator=gen)
+    unit_dirs = fields.field_dirs.float() / (2 * math.pi)
+    bent = fields(z + 0.5 * torch.randn(32, len(unit_dirs), generator=gen) @ unit_dirs)
+    neighbor = plain(z + 0.3 * torch.randn(32, plain.z_dim, generator=gen))
+
+    def chromaticity(images):
+        light = (images + 1).mean((2, 3))
+        return light / light.sum(1, keepdim=True)
+
+    def changes(after, before):
+        pixels = (after - before).abs().mean()
+        return pixels, (chromaticity(after) - chromaticity(before)).abs().mean()
+
+    bent_pixels, bent_colors = changes(bent, fields(z))
+    neighbor_pixels, neighbor_colors = changes(neighbor, plain(z))
+    assert bent_pixels > 0.8 * neighbor_pixels
+    assert bent_colors < 0.5 * neighbor_colors
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"fields": -1}, "fields must be >= 0 and <= 4.0, got -1"),
+        ({"fields": "strong"}, "fields must be a number"),
+        ({"fields": True}, "fields must be a number"),
+        ({"fields": float("nan")}, "fields must be a finite number"),
+        ({"fields": 1, "z_dim": 16}, "z_dim >= 25"),
+    ],
+)
+def test_bad_fields_options_are_one_line_errors(options, message):
+    with pytest.raises(UsageError, match=message):
+        build_generator("embedded", resolution=16, **options)
