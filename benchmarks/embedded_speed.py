@@ -6,6 +6,7 @@ wall-clock images/s over the repeats and images per CPU-second (process time, wh
 disturb less), and the ratio of this tree to the baseline (goal: >= 400 img/s at 128 px on 2 cores).
 
     python benchmarks/embedded_speed.py [--baseline HEAD~1] [--resolution 128] [--threads 2]
+        [--fields S]   # this tree's generator with its warp and shading fields of strength S
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--fields", type=float, default=0.0, help="model option fields of this tree's generator"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     versions = {
         f"baseline ({args.baseline})": generator_at(args.baseline)(resolution=args.resolution),
-        "this tree": EmbeddedGenerator(resolution=args.resolution),
+        "this tree": EmbeddedGenerator(resolution=args.resolution, fields=args.fields),
     }
     z = torch.randn(args.batch_size, versions["this tree"].z_dim)
     wall = dict.fromkeys(versions, 0.0)
@@ -66,7 +70,7 @@ def main() -> None:
                 cpu[name] = max(cpu[name], len(z) / (time.process_time() - cpu_started))
     print(
         f"embedded generator forward, {args.resolution} px, batch {args.batch_size}, "
-        f"{args.threads} threads, best of {args.repeats}"
+        f"{args.threads} threads, best of {args.repeats}; this tree with fields={args.fields:g}"
     )
     for name in versions:
         print(f"  {name:28s} {wall[name]:7.0f} img/s   {cpu[name]:7.0f} img per CPU-second")
