@@ -91,7 +91,13 @@ def sample_options(command: Callable) -> Callable:
             click.option(
                 "--walks",
                 default=None,
-                help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
+                help="Walk file of genrep-steer (view steer) [default: the cached walks of the "
+                "model; learned and cached on a GPU, or on a CPU with --learn-walks].",
+            ),
+            click.option(
+                "--learn-walks",
+                is_flag=True,
+                help="View steer without --walks on a CPU: learn the walks here anyway (hours).",
             ),
             click.option(
                 "--step-scale",
