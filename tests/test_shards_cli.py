@@ -18,6 +18,7 @@ from genrep.io import sha256_file
 from genrep.manifest import load_dataset, read_manifest
 from genrep.shards import ShardFormatError, decode_sample, iter_raw_samples
 from genrep.shards_cli import main as shards_main
+from genrep.train.cli import main as train_main
 
 
 def shards(*args):
@@ -109,10 +110,25 @@ def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
         assert sheet.size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)
 
 
-def test_not_a_dataset_gives_one_clear_line(tmp_path):
-    result = shards("verify", tmp_path)
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert "has no manifest.json; pass a folder made by genrep-generate" in result.output
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        (shards_main, ["inspect"]),
+        (shards_main, ["verify"]),
+        (shards_main, ["preview"]),
+        (train_main, ["--steps", "1"]),
+    ],
+)
+def test_not_a_dataset_gives_one_clear_line(tmp_path, command, args):
+    """A missing folder (refused by click) and a folder without a manifest are the same mistake,
+    a wrong argument: both exit 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = CliRunner().invoke(command, [*args, str(empty)])
+    assert run.exit_code == 2 and run.output.count("\n") == 1, run.output
+    assert "has no manifest.json; pass a folder made by genrep-generate" in run.output
+    missing = CliRunner().invoke(command, [*args, str(tmp_path / "missing")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output, missing.output
 
 
 def test_newer_format_version_is_refused(dataset):
