@@ -301,9 +301,18 @@ class RegistryChoice(click.ParamType):
     config may come with a shared dataset, and data must never make genrep run code.
     """
 
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-        self.name = registry.kind
+    def __init__(self, registry: Any, kind: str | None = None) -> None:
+        """`registry`, or a function that imports and returns it (with its `kind` given here): a
+        command then imports another stage's code only when the flag is used or its help shown."""
+        self._registry = registry
+        self.name = kind or registry.kind
+
+    @property
+    def registry(self) -> Any:
+        """The registry, imported on first use when given as a function."""
+        if not hasattr(self._registry, "kind"):
+            self._registry = self._registry()
+        return self._registry
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         references = ["MODULE:ATTR", "FILE.py:ATTR"] if self.registry.accepts_references else []

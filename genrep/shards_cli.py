@@ -16,12 +16,19 @@ from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
 from genrep.manifest import dataset_at
-from genrep.options import check_number, config_option
+from genrep.options import RegistryChoice, check_number, config_option
 from genrep.remote import DatasetLocation, Location, is_remote, locate
 from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
 PREVIEW_CELL = 256
+
+
+def _tx_recipes() -> Any:
+    """genrep-train's Tx recipes, imported when --tx is used or listed (stage 2 is slow to load)."""
+    from genrep.train.tx import TX_RECIPES
+
+    return TX_RECIPES
 
 
 def _dataset(folder: str) -> tuple[Location, dict[str, Any]]:
@@ -178,6 +185,7 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 )
 @click.option(
     "--tx",
+    type=RegistryChoice(_tx_recipes, "Tx recipe"),
     default="genrep",
     show_default=True,
     help="Tx recipe of the training views (genrep-train --tx).",

@@ -202,3 +202,13 @@ def test_preview_shows_the_views_training_makes_of_whole_frames(make_dataset, tm
     assert np.array_equal(pixels[:160, 162:322], np.asarray(view.resize((160, 160), Image.NEAREST)))
     result = shards("preview", folder, "--out", tmp_path / "tx.png", "--training-view", "tx")
     assert result.exit_code == 0 and "tx training view (112 px, Tx recipe genrep)" in result.output
+
+
+def test_preview_tx_lists_and_checks_the_registered_recipes(tmp_path):
+    from genrep.train.tx import TX_RECIPES
+
+    names = "|".join(TX_RECIPES.canonical_names())
+    help_text = " ".join(shards("preview", "--help").output.split())
+    assert f"--tx [{names}]" in help_text
+    result = shards("preview", tmp_path, "--tx", "nope")
+    assert result.exit_code == 2 and "unknown Tx recipe 'nope'; choose one of:" in result.output
