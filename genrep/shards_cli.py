@@ -12,12 +12,12 @@ import click
 import numpy as np
 from PIL import Image, ImageDraw
 
-from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
+from genrep.errors import DataError, Group, OutputError, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
 from genrep.manifest import dataset_at
 from genrep.options import RegistryChoice, check_number, config_option
-from genrep.remote import DatasetLocation, Location, is_remote, locate
+from genrep.remote import DatasetLocation, Location, dataset_name, is_remote, locate
 from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
@@ -168,7 +168,12 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 @main.command()
 @config_option
 @click.argument("folder", type=DatasetLocation())
-@click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
+@click.option(
+    "--out",
+    default=None,
+    help="Image file to write (.png, .jpg or .webp) [default: preview-DATASET.png here].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option(
     "--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Anchors to show."
 )
@@ -199,7 +204,8 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Tx draws.")
 def preview(
     folder: str,
-    out: str,
+    out: str | None,
+    overwrite: bool,
     rows: int,
     columns: int | None,
     training_view: str | None,
@@ -209,10 +215,15 @@ def preview(
 ) -> None:
     """A contact sheet: each row an anchor followed by its neighbor views (with --training-view,
     each beside what training sees of it)."""
+    path, m = _dataset(folder)
+    if out is None:  # here, not in a dataset folder that may be shared or read-only
+        name = dataset_name(str(path)) if is_remote(path) else Path(path).resolve().name
+        out = f"preview-{name}.png"
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format not in Image.SAVE:
         raise UsageError(f"--out {out}: name an image file (.png, .jpg or .webp) for the sheet")
-    path, m = _dataset(folder)
+    if os.path.lexists(out) and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it, or another --out")
     frame, gap = stored_frame(m), 2
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))

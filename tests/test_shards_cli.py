@@ -110,6 +110,27 @@ def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
         assert sheet.size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)
 
 
+def test_preview_defaults_to_a_named_file_here_and_never_overwrites_unasked(
+    dataset, tmp_path, monkeypatch
+):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(path.name for path in dataset.iterdir())
+    result = shards("preview", dataset, "--rows", "1")
+    assert result.exit_code == 0, result.output
+    assert f"wrote preview-{dataset.name}.png:" in result.output
+    written = here / f"preview-{dataset.name}.png"
+    first = written.read_bytes()
+    assert sorted(path.name for path in dataset.iterdir()) == before  # nothing in the dataset
+    again = shards("preview", dataset, "--rows", "2")
+    assert again.exit_code == 2 and again.output.count("\n") == 1, again.output
+    assert "exists; pass --overwrite to replace it, or another --out" in again.output
+    assert written.read_bytes() == first
+    replaced = shards("preview", dataset, "--rows", "2", "--overwrite")
+    assert replaced.exit_code == 0 and written.read_bytes() != first, replaced.output
+
+
 @pytest.mark.parametrize(
     "command, args",
     [
