@@ -217,6 +217,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
                 {
                     p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
                     for p in params.values()
+                    if p.name != "out"  # never taken from a file (above)
                 }
             )
             raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
