@@ -581,6 +581,16 @@ def generate(
     writer = ShardGenerator(plan, batch_size, workers, progress, on_shard=dataset.commit)
     present = dataset.open()
     todo = [k for k in shards if shard_name(k) not in present]
+    if not todo:  # a rerun of a finished command: one line, no empty progress bar
+        manifest = dataset.close()
+        done = sum(entry["samples"] for entry in manifest["shards"])
+        state = (
+            f"dataset complete: {done} samples in {len(manifest['shards'])} shards"
+            if manifest["complete"]
+            else f"the {len(shards)} shards asked for are present ({done}/{plan.n} samples so far)"
+        )
+        log(f"{plan.out}: {state}; nothing to do")
+        return manifest
     if present:
         log(f"resuming {plan.out}: {len(present)} of {plan.num_shards} shards present")
     started = time.perf_counter()

@@ -414,11 +414,15 @@ def test_existing_dataset_with_another_config_is_left_untouched(make_dataset):
     )
     assert result.exit_code == 2 and "different config (differs in: n)" in result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # the same config is a no-op resume
-    run_generate(
-        "--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3"
-    )
+    # the same config is a no-op resume, which says so in one line (no empty progress bar)
+    rerun = run_generate(
+        "--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3",
+        "--progress",
+    )  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert rerun.stderr.strip().splitlines() == [
+        f"{out}: dataset complete: 6 samples in 2 shards; nothing to do"
+    ]
 
 
 def test_folder_with_foreign_shards_is_refused(tmp_path):
