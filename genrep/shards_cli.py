@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from genrep.errors import DataError, Group, OutputError, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
-from genrep.manifest import dataset_at
+from genrep.manifest import CONFIG, dataset_at
 from genrep.options import RegistryChoice, check_number, config_option
 from genrep.remote import DatasetLocation, Location, dataset_name, is_remote, locate
 from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
@@ -93,12 +93,27 @@ def verify_shard(
             except ShardFormatError as err:
                 problem = str(err)
             if not shard.checksum_matches():
-                return "sha256 differs from the manifest" + (f" ({problem})" if problem else "")
+                return "sha256 differs from the manifest" + (f"; {problem}" if problem else "")
     except ShardFormatError as err:  # missing, not a regular file, not the manifest's size
         return str(err)
     if problem is None and count != entry["samples"]:
         problem = f"{count} samples, manifest says {entry['samples']}"
     return problem
+
+
+def repair_advice(path: Location, m: dict[str, Any]) -> str:
+    """What rewrites a bad shard: the command that made the dataset, rerun, writes the shards that
+    are missing (and leaves those present alone, so the bad one goes first)."""
+    if is_remote(path):
+        return "ask whoever serves the dataset to replace it, or fetch the dataset from its source"
+    parent = m.get("parent")
+    if isinstance(parent, dict):
+        made_by = f"the `genrep-shards {parent.get('operation', 'subset')}` command that made it"
+    elif os.path.lexists(Path(path) / CONFIG):
+        made_by = f"`genrep-generate --config {Path(path) / CONFIG} --out {path}`"
+    else:
+        made_by = "the dataset's genrep-generate command"
+    return f"to repair, delete the shard and rerun {made_by}, or copy it again from its source"
 
 
 def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
@@ -108,7 +123,7 @@ def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
     for entry in m["shards"]:
         problem = verify_shard(locate(path, entry["name"]), entry, expected, m["neighbors"])
         if problem:
-            problems.append(f"BAD {entry['name']}: {problem}")
+            problems.append(f"BAD {entry['name']}: {problem}; {repair_advice(path, m)}")
     listed = {entry["name"] for entry in m["shards"]}
     names = []
     if not is_remote(path):
