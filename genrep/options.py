@@ -323,6 +323,9 @@ class RegistryChoice(click.ParamType):
         from genrep.registry import RegistryError, is_reference
 
         text = str(value)
+        if ctx and param and param.name and param.default == value:
+            if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
+                return text  # the command's own default: no need to import a lazy registry
         if self.registry.accepts_references and is_reference(text) and ctx and param:
             source = ctx.get_parameter_source(param.name)
             if source is not click.core.ParameterSource.COMMANDLINE:
