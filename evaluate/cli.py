@@ -309,7 +309,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         options["crop_fraction"],
         _crop_scale(options["crop_scale"]),
     )
-    _log(preprocessing.summary())
+    _log(preprocessing.summary(crops=protocol.trains_on_crops))
     inputs = FrozenFeatures(
         encoder,
         dataset,

@@ -169,14 +169,19 @@ class Preprocessing:
         """Names the evaluation transform in the feature cache key and the report."""
         return f"resize{self.resize}-centercrop{self.size}-bilinear-imagenet-norm"
 
-    def summary(self) -> str:
-        """One line for the log."""
-        low, high = self.crop_scale
-        return (
+    def summary(self, crops: bool = True) -> str:
+        """One line for the log; the training crop scale only when the protocol trains on `crops`."""
+        line = (
             f"input {self.size} px ({self.origin.get('size', 'set')}): evaluation resize "
-            f"{self.resize} + center crop {self.size}; linear training crop scale {low:g}-{high:g} "
-            f"({self.origin.get('crop_scale', 'set')})"
+            f"{self.resize} + center crop {self.size}"
         )
+        if crops:
+            low, high = self.crop_scale
+            line += (
+                f"; linear training crop scale {low:g}-{high:g} "
+                f"({self.origin.get('crop_scale', 'set')})"
+            )
+        return line
 
     def describe(self) -> dict[str, Any]:
         """What the report records: the sizes, both pipelines, and where the settings came from."""

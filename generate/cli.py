@@ -50,6 +50,19 @@ def _shard_range(_ctx: click.Context, _param: click.Parameter, value: str | None
     return range(start, stop, step)
 
 
+def _list_names(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`--list`: print the models and views, then exit."""
+    if not value:
+        return
+    click.echo("models: " + ", ".join(GENERATORS.names()))
+    plugins = GENERATORS.plugin_names()
+    if plugins:
+        listed = ", ".join(f"{name} ({where})" for name, where in plugins.items())
+        click.echo(f"installed plugin models: {listed}")
+    click.echo("views: " + ", ".join(VIEWS.names()))
+    ctx.exit()
+
+
 def generator_options(command: Callable) -> Callable:
     """The flags that pick and build a generator, shared by every command that runs one."""
     for decorate in reversed(
@@ -91,7 +104,13 @@ def sample_options(command: Callable) -> Callable:
             click.option(
                 "--walks",
                 default=None,
-                help="Walk file of genrep-steer (view steer) [default: learned once and cached].",
+                help="Walk file of genrep-steer (view steer) [default: the cached walks of the "
+                "model; learned and cached on a GPU, or on a CPU with --learn-walks].",
+            ),
+            click.option(
+                "--learn-walks",
+                is_flag=True,
+                help="View steer without --walks on a CPU: learn the walks here anyway (hours).",
             ),
             click.option(
                 "--step-scale",
@@ -194,9 +213,15 @@ def sample_options(command: Callable) -> Callable:
 @click.option("--license-name", default=None, help="Id of a license not on the hub's list.")
 @click.option("--license-link", default=None, help="URL (or repository file) of that license.")
 @click.option("--out", default=None, help="Output folder [default: shards/<model>-<view>].")
-@click.option("--list", "list_names", is_flag=True, help="List models and views, then exit.")
+@click.option(
+    "--list",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,  # an action, as --help, not a setting a --config could hold
+    callback=_list_names,
+    help="List models and views, then exit.",
+)
 def main(
-    list_names: bool,
     progress: bool,
     shard_range: range | None,
     format_: str,
@@ -206,14 +231,6 @@ def main(
 
     Rerunning the same command resumes an interrupted run and gives byte-identical shards.
     """
-    if list_names:
-        click.echo("models: " + ", ".join(GENERATORS.names()))
-        plugins = GENERATORS.plugin_names()
-        if plugins:
-            listed = ", ".join(f"{name} ({where})" for name, where in plugins.items())
-            click.echo(f"installed plugin models: {listed}")
-        click.echo("views: " + ", ".join(VIEWS.names()))
-        return
     options["format"] = format_
     plan = make_plan(options, log=_log, progress=progress, shard_range=shard_range)
     generate(

@@ -33,6 +33,7 @@ from genrep.generate.image_encoders import ImageEncoder, build_encoder
 from genrep.generate.models.base import Generator, build_generator, file_label
 from genrep.generate.steer import cached_walks, check_steerable
 from genrep.generate.views.base import VIEWS, View, build_view
+from genrep.generate.walks import cached_walks_path
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import StagedFile, naming
 from genrep.latents import sample_rng, truncated_normal
@@ -135,7 +136,7 @@ def make_plan(
     OutputError on an --out that is not genrep's to write (`shard_range`: --shards, checked too).
 
     View `steer` without `--walks` learns the generator's walks once and caches them (logged),
-    after every other check."""
+    after every other check; on a CPU only with `learn_walks` (hours)."""
     device = resolve_device(options.get("device"))
     precision = resolve_precision(options.get("precision") or "auto", device)
     check_number("--sigma", options.get("sigma"), above=0)
@@ -213,6 +214,7 @@ def make_plan(
         check_steerable(generator)
         if walks is None:
             _check_view_of(out, view_name)
+            _check_may_learn_walks(generator, device, options.get("learn_walks", False))
             walks = str(cached_walks(generator, log=log, progress=progress))
     view = build_view(
         view_name,
@@ -256,6 +258,17 @@ def _check_view_of(out: Path, view_name: str) -> None:
         raise OutputError(
             f"{out} holds a dataset made with a different config (differs in: view "
             f"{existing['view']['name']}, not {view_name}); pass another --out"
+        )
+
+
+def _check_may_learn_walks(generator: Generator, device: torch.device, learn_walks: bool) -> None:
+    """Refuse to start learning walks on a CPU unasked: it takes hours, and the user most likely
+    has a walk file or a GPU."""
+    if device.type == "cpu" and not learn_walks and not cached_walks_path(generator).exists():
+        raise UsageError(
+            f"view steer without --walks learns the walks of {generator.name} first, which takes "
+            "hours on a CPU: pass --walks FILE (learned with genrep-steer), run on a GPU with "
+            "--device cuda, or add --learn-walks to learn them on the CPU anyway"
         )
 
 
@@ -568,6 +581,16 @@ def generate(
     writer = ShardGenerator(plan, batch_size, workers, progress, on_shard=dataset.commit)
     present = dataset.open()
     todo = [k for k in shards if shard_name(k) not in present]
+    if not todo:  # a rerun of a finished command: one line, no empty progress bar
+        manifest = dataset.close()
+        done = sum(entry["samples"] for entry in manifest["shards"])
+        state = (
+            f"dataset complete: {done} samples in {len(manifest['shards'])} shards"
+            if manifest["complete"]
+            else f"the {len(shards)} shards asked for are present ({done}/{plan.n} samples so far)"
+        )
+        log(f"{plan.out}: {state}; nothing to do")
+        return manifest
     if present:
         log(f"resuming {plan.out}: {len(present)} of {plan.num_shards} shards present")
     started = time.perf_counter()

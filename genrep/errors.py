@@ -3,7 +3,8 @@
 Every mistake a user can correct (a flag value, a file that is not what it should be, a dataset
 that cannot be read, a device that is not there) is a `UserError`. Every command is a `Command`
 (or a `Group` of them), which prints such an error as one line and exits with its `exit_code`: 2
-for a usage mistake (`UsageError`: bad flags or config), 1 for everything found at run time. Any
+for a usage mistake (`UsageError`: bad flags or config, or a dataset argument that names no dataset),
+1 for everything found at run time (a dataset that is there but damaged). Any
 other exception is a bug and keeps its traceback.
 """
 
@@ -55,6 +56,11 @@ class DataError(UserError):
 
 class ManifestError(DataError):
     """A folder that is not a readable genrep dataset."""
+
+
+class NotADatasetError(ManifestError, UsageError):
+    """A path or URL given as a dataset that holds none: a wrong argument, so exit 2 like click's
+    own refusal of a folder that does not exist."""
 
 
 class ShardFormatError(DataError):

@@ -26,7 +26,7 @@ from typing import Any
 from genrep import remote
 from genrep.card import CARD, DatasetLicense, write_card
 from genrep.config import save_config, to_plain
-from genrep.errors import DataError, ManifestError, OutputError
+from genrep.errors import DataError, ManifestError, NotADatasetError, OutputError
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import (
     TMP_SUFFIX,
@@ -263,7 +263,7 @@ def find_dataset(folder: str | Path) -> Path:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ManifestError(f"{folder} is not a folder; pass a folder made by genrep-generate")
+        raise NotADatasetError(f"{folder} is not a folder; pass a folder made by genrep-generate")
     if manifest_path(folder).exists():
         return folder
     found = sorted(p for p in folder.iterdir() if p.is_dir() and manifest_path(p).exists())
@@ -271,8 +271,8 @@ def find_dataset(folder: str | Path) -> Path:
         return found[0]
     if found:
         names = ", ".join(str(p) for p in found)
-        raise ManifestError(f"{folder} holds {len(found)} datasets ({names}); pass one of them")
-    raise ManifestError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
+        raise NotADatasetError(f"{folder} holds {len(found)} datasets ({names}); pass one of them")
+    raise NotADatasetError(f"{folder} has no {MANIFEST}; pass a folder made by genrep-generate")
 
 
 def dataset_at(location: Location) -> tuple[Location, dict[str, Any]]:
@@ -289,7 +289,7 @@ def dataset_at(location: Location) -> tuple[Location, dict[str, Any]]:
     try:
         data = manifest_bytes(url)
     except FileNotFoundError:
-        raise ManifestError(
+        raise NotADatasetError(
             f"{url} is not there; pass the URL of a dataset folder (where its {MANIFEST} is)"
         ) from None
     return str(location), parse_manifest(data, url)

@@ -217,6 +217,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
                 {
                     p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name
                     for p in params.values()
+                    if p.name != "out"  # never taken from a file (above)
                 }
             )
             raise click.BadParameter(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
@@ -301,9 +302,18 @@ class RegistryChoice(click.ParamType):
     config may come with a shared dataset, and data must never make genrep run code.
     """
 
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-        self.name = registry.kind
+    def __init__(self, registry: Any, kind: str | None = None) -> None:
+        """`registry`, or a function that imports and returns it (with its `kind` given here): a
+        command then imports another stage's code only when the flag is used or its help shown."""
+        self._registry = registry
+        self.name = kind or registry.kind
+
+    @property
+    def registry(self) -> Any:
+        """The registry, imported on first use when given as a function."""
+        if not hasattr(self._registry, "kind"):
+            self._registry = self._registry()
+        return self._registry
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         references = ["MODULE:ATTR", "FILE.py:ATTR"] if self.registry.accepts_references else []
@@ -313,6 +323,9 @@ class RegistryChoice(click.ParamType):
         from genrep.registry import RegistryError, is_reference
 
         text = str(value)
+        if ctx and param and param.name and param.default == value:
+            if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
+                return text  # the command's own default: no need to import a lazy registry
         if self.registry.accepts_references and is_reference(text) and ctx and param:
             source = ctx.get_parameter_source(param.name)
             if source is not click.core.ParameterSource.COMMANDLINE:

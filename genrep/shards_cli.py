@@ -12,16 +12,23 @@ import click
 import numpy as np
 from PIL import Image, ImageDraw
 
-from genrep.errors import DataError, Group, ShardFormatError, UsageError, warn
+from genrep.errors import DataError, Group, OutputError, ShardFormatError, UsageError, warn
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
-from genrep.manifest import dataset_at
-from genrep.options import check_number, config_option
-from genrep.remote import DatasetLocation, Location, is_remote, locate
+from genrep.manifest import CONFIG, dataset_at
+from genrep.options import RegistryChoice, check_number, config_option
+from genrep.remote import DatasetLocation, Location, dataset_name, is_remote, locate
 from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
 
 #: largest side of an image in a contact sheet, in pixels
 PREVIEW_CELL = 256
+
+
+def _tx_recipes() -> Any:
+    """genrep-train's Tx recipes, imported when --tx is used or listed (stage 2 is slow to load)."""
+    from genrep.train.tx import TX_RECIPES
+
+    return TX_RECIPES
 
 
 def _dataset(folder: str) -> tuple[Location, dict[str, Any]]:
@@ -86,12 +93,27 @@ def verify_shard(
             except ShardFormatError as err:
                 problem = str(err)
             if not shard.checksum_matches():
-                return "sha256 differs from the manifest" + (f" ({problem})" if problem else "")
+                return "sha256 differs from the manifest" + (f"; {problem}" if problem else "")
     except ShardFormatError as err:  # missing, not a regular file, not the manifest's size
         return str(err)
     if problem is None and count != entry["samples"]:
         problem = f"{count} samples, manifest says {entry['samples']}"
     return problem
+
+
+def repair_advice(path: Location, m: dict[str, Any]) -> str:
+    """What rewrites a bad shard: the command that made the dataset, rerun, writes the shards that
+    are missing (and leaves those present alone, so the bad one goes first)."""
+    if is_remote(path):
+        return "ask whoever serves the dataset to replace it, or fetch the dataset from its source"
+    parent = m.get("parent")
+    if isinstance(parent, dict):
+        made_by = f"the `genrep-shards {parent.get('operation', 'subset')}` command that made it"
+    elif os.path.lexists(Path(path) / CONFIG):
+        made_by = f"`genrep-generate --config {Path(path) / CONFIG} --out {path}`"
+    else:
+        made_by = "the dataset's genrep-generate command"
+    return f"to repair, delete the shard and rerun {made_by}, or copy it again from its source"
 
 
 def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
@@ -101,7 +123,7 @@ def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
     for entry in m["shards"]:
         problem = verify_shard(locate(path, entry["name"]), entry, expected, m["neighbors"])
         if problem:
-            problems.append(f"BAD {entry['name']}: {problem}")
+            problems.append(f"BAD {entry['name']}: {problem}; {repair_advice(path, m)}")
     listed = {entry["name"] for entry in m["shards"]}
     names = []
     if not is_remote(path):
@@ -161,7 +183,12 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 @main.command()
 @config_option
 @click.argument("folder", type=DatasetLocation())
-@click.option("--out", default="preview.png", show_default=True, help="PNG file to write.")
+@click.option(
+    "--out",
+    default=None,
+    help="Image file to write (.png, .jpg or .webp) [default: preview-DATASET.png here].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option(
     "--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Anchors to show."
 )
@@ -178,6 +205,7 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 )
 @click.option(
     "--tx",
+    type=RegistryChoice(_tx_recipes, "Tx recipe"),
     default="genrep",
     show_default=True,
     help="Tx recipe of the training views (genrep-train --tx).",
@@ -191,7 +219,8 @@ def push(folder: str, repo_id: str, private: bool | None, message: str | None) -
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Tx draws.")
 def preview(
     folder: str,
-    out: str,
+    out: str | None,
+    overwrite: bool,
     rows: int,
     columns: int | None,
     training_view: str | None,
@@ -201,10 +230,15 @@ def preview(
 ) -> None:
     """A contact sheet: each row an anchor followed by its neighbor views (with --training-view,
     each beside what training sees of it)."""
+    path, m = _dataset(folder)
+    if out is None:  # here, not in a dataset folder that may be shared or read-only
+        name = dataset_name(str(path)) if is_remote(path) else Path(path).resolve().name
+        out = f"preview-{name}.png"
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format not in Image.SAVE:
         raise UsageError(f"--out {out}: name an image file (.png, .jpg or .webp) for the sheet")
-    path, m = _dataset(folder)
+    if os.path.lexists(out) and not overwrite:
+        raise OutputError(f"{out} exists; pass --overwrite to replace it, or another --out")
     frame, gap = stored_frame(m), 2
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))

@@ -308,6 +308,19 @@ def test_yaml_config_sets_flags_and_command_line_wins(tmp_path):
     assert result.exit_code == 2 and "unknown key 'batchsize'" in result.output
 
 
+def test_config_valid_keys_are_the_settings_a_file_can_hold(tmp_path):
+    """`--list` is an action and `out` is never read from a file: neither is offered as a key."""
+    config = tmp_path / "gen.yaml"
+    config.write_text("batchsize: 2\n")
+    result = run_generate("--config", str(config), expect_ok=False)
+    keys = result.output.split("valid keys: ", 1)[1].strip().split(", ")
+    assert result.exit_code == 2 and "batch-size" in keys and "n" in keys, result.output
+    assert "list" not in keys and "out" not in keys
+    config.write_text("list: true\n")
+    result = run_generate("--config", str(config), expect_ok=False)
+    assert result.exit_code == 2 and "unknown key 'list'" in result.output
+
+
 def test_model_options_are_typed_and_replay_from_the_saved_config(tmp_path):
     out = tmp_path / "ds"
     run_generate(
@@ -401,11 +414,15 @@ def test_existing_dataset_with_another_config_is_left_untouched(make_dataset):
     )
     assert result.exit_code == 2 and "different config (differs in: n)" in result.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    # the same config is a no-op resume
-    run_generate(
-        "--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3"
-    )
+    # the same config is a no-op resume, which says so in one line (no empty progress bar)
+    rerun = run_generate(
+        "--size", "32", "--workers", "0", "--out", str(out), "--n", "6", "--shard-size", "3",
+        "--progress",
+    )  # fmt: skip
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert rerun.stderr.strip().splitlines() == [
+        f"{out}: dataset complete: 6 samples in 2 shards; nothing to do"
+    ]
 
 
 def test_folder_with_foreign_shards_is_refused(tmp_path):

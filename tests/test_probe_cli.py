@@ -100,6 +100,8 @@ def test_knn_on_an_imagefolder_writes_report_and_resolved_config(tmp_path, run_d
         "run-a on colours (knn): top1 100.00 (random init 100.00, lift +0.00)"
     )
     assert "train features: computed" in result.stderr
+    assert "resize 37 + center crop 32" in result.stderr  # kNN trains on no crops:
+    assert "crop scale" not in result.stderr  # their scale is not logged
 
 
 def test_linear_through_the_frozen_encoder_with_augmentation(tmp_path, run_dir):
@@ -139,13 +141,15 @@ def test_the_input_size_and_crop_scale_come_from_the_run_config(tmp_path):
         },
     }
     assert "input 32 px (training config)" in result.stderr
+    assert "linear training crop scale 0.08-1 (training config)" in result.stderr
     probe(run, flags, "--root", data, "--crop-scale 0.5,0.2", expect=2)
 
 
 def test_cached_linear_on_stanford_cars_then_knn_reuses_the_features(tmp_path, run_dir):
     data = write_stanford_cars(tmp_path / "cars", classes=3)
     common = [run_dir, "cars", FAST, "--root", data]
-    probe(*common, "--cached --epochs 30 --lr 0.3 --out", tmp_path / "linear.json")
+    cached = probe(*common, "--cached --epochs 30 --lr 0.3 --out", tmp_path / "linear.json")
+    assert "crop scale" not in cached.stderr  # --cached trains on center crops
     report = read(tmp_path / "linear.json")
     assert report["dataset"]["name"] == "stanford-cars" and report["dataset"]["splits"] == {
         "train": 18,

@@ -110,7 +110,7 @@ def test_manifest_at_a_url_is_capped_and_names_only_shards(datasets, tmp_path, m
         monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
         with pytest.raises(DataError, match="larger than the 100 bytes a manifest may be"):
             load_dataset(url)
-        missing = one_line_error(shards("inspect", f"{server.url}/nothing"), 1)
+        missing = one_line_error(shards("inspect", f"{server.url}/nothing"), 2)  # as a folder
         assert f"{server.url}/nothing/manifest.json is not there" in missing
 
 

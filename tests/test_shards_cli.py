@@ -18,6 +18,7 @@ from genrep.io import sha256_file
 from genrep.manifest import load_dataset, read_manifest
 from genrep.shards import ShardFormatError, decode_sample, iter_raw_samples
 from genrep.shards_cli import main as shards_main
+from genrep.train.cli import main as train_main
 
 
 def shards(*args):
@@ -109,10 +110,46 @@ def test_preview_rows_are_anchor_then_neighbors(dataset, tmp_path):
         assert sheet.size == (3 * 32 + 2 * 2, 4 * 32 + 3 * 2)
 
 
-def test_not_a_dataset_gives_one_clear_line(tmp_path):
-    result = shards("verify", tmp_path)
-    assert result.exit_code == 1 and result.output.count("\n") == 1
-    assert "has no manifest.json; pass a folder made by genrep-generate" in result.output
+def test_preview_defaults_to_a_named_file_here_and_never_overwrites_unasked(
+    dataset, tmp_path, monkeypatch
+):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(path.name for path in dataset.iterdir())
+    result = shards("preview", dataset, "--rows", "1")
+    assert result.exit_code == 0, result.output
+    assert f"wrote preview-{dataset.name}.png:" in result.output
+    written = here / f"preview-{dataset.name}.png"
+    first = written.read_bytes()
+    assert sorted(path.name for path in dataset.iterdir()) == before  # nothing in the dataset
+    again = shards("preview", dataset, "--rows", "2")
+    assert again.exit_code == 2 and again.output.count("\n") == 1, again.output
+    assert "exists; pass --overwrite to replace it, or another --out" in again.output
+    assert written.read_bytes() == first
+    replaced = shards("preview", dataset, "--rows", "2", "--overwrite")
+    assert replaced.exit_code == 0 and written.read_bytes() != first, replaced.output
+
+
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        (shards_main, ["inspect"]),
+        (shards_main, ["verify"]),
+        (shards_main, ["preview"]),
+        (train_main, ["--steps", "1"]),
+    ],
+)
+def test_not_a_dataset_gives_one_clear_line(tmp_path, command, args):
+    """A missing folder (refused by click) and a folder without a manifest are the same mistake,
+    a wrong argument: both exit 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = CliRunner().invoke(command, [*args, str(empty)])
+    assert run.exit_code == 2 and run.output.count("\n") == 1, run.output
+    assert "has no manifest.json; pass a folder made by genrep-generate" in run.output
+    missing = CliRunner().invoke(command, [*args, str(tmp_path / "missing")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output, missing.output
 
 
 def test_newer_format_version_is_refused(dataset):
@@ -186,3 +223,13 @@ def test_preview_shows_the_views_training_makes_of_whole_frames(make_dataset, tm
     assert np.array_equal(pixels[:160, 162:322], np.asarray(view.resize((160, 160), Image.NEAREST)))
     result = shards("preview", folder, "--out", tmp_path / "tx.png", "--training-view", "tx")
     assert result.exit_code == 0 and "tx training view (112 px, Tx recipe genrep)" in result.output
+
+
+def test_preview_tx_lists_and_checks_the_registered_recipes(tmp_path):
+    from genrep.train.tx import TX_RECIPES
+
+    names = "|".join(TX_RECIPES.canonical_names())
+    help_text = " ".join(shards("preview", "--help").output.split())
+    assert f"--tx [{names}]" in help_text
+    result = shards("preview", tmp_path, "--tx", "nope")
+    assert result.exit_code == 2 and "unknown Tx recipe 'nope'; choose one of:" in result.output

@@ -331,7 +331,7 @@ def test_view_steer_without_walks_learns_once_and_reuses_the_cache(tmp_path, mon
     monkeypatch.setenv("GENREP_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(steer, "AUTO_LEARN_CONFIG", TINY)
     args = ["--view", "steer", "--n", "2", "--size", "32", "--workers", "0"]
-    first = run_generate(*args, "--out", str(tmp_path / "a"))
+    first = run_generate(*args, "--learn-walks", "--out", str(tmp_path / "a"))
     cache = cached_walks_path(build_generator("embedded"))
     assert cache.parent == tmp_path / "home" / "walks" and cache.exists()
     assert "no --walks given, so learning the steering walks of embedded once" in first.stderr
@@ -343,6 +343,24 @@ def test_view_steer_without_walks_learns_once_and_reuses_the_cache(tmp_path, mon
     views = [load_dataset(tmp_path / name)[0]["view"]["params"] for name in ("a", "b")]
     assert views[0] == views[1] and views[0]["walks_sha256"] == sha256_file(cache)
     assert yaml.safe_load(cache.with_suffix(".config.yaml").read_text())["model"] == "embedded"
+
+
+def test_view_steer_without_walks_on_a_cpu_refuses_to_learn_unasked(tmp_path, monkeypatch):
+    """Learning walks takes hours on a CPU: without --walks or --learn-walks it is one line."""
+    monkeypatch.setenv("GENREP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(steer, "AUTO_LEARN_CONFIG", TINY)  # were it learned, quickly
+    args = ["--view", "steer", "--n", "2", "--size", "32", "--workers", "0", "--device", "cpu"]
+    result = run_generate(*args, "--out", str(tmp_path / "a"), expect_ok=False)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    for advice in (
+        "pass --walks FILE (learned with genrep-steer)",
+        "--device cuda",
+        "--learn-walks",
+    ):
+        assert advice in errors[0]
+    assert not (tmp_path / "a").exists()
+    assert not list((tmp_path / "home").rglob("*.pt"))
 
 
 def test_view_neighbors_follow_the_samples_random_stream(walks_file):

@@ -104,6 +104,7 @@ class TrainConfig:
     stream: bool = setting(False, online=True)
     view: str = setting("gaussian", online=True)
     walks: str | None = setting(None, online=True)
+    learn_walks: bool = setting(False, online=True, resumable=True)
     step_scale: dict[str, Any] = setting(default_factory=dict, online=True)
     n: int | None = setting(None, online=True, at_least=1)
     per_class: int | None = setting(None, online=True, at_least=1)

@@ -162,6 +162,7 @@ def plan_options(config: TrainConfig, device: torch.device) -> dict[str, Any]:
         "precision": config.precision,
         "view": config.view,
         "walks": config.walks,
+        "learn_walks": config.learn_walks,
         "step_scale": dict(config.step_scale or {}),
         "n": config.n,
         "per_class": config.per_class,

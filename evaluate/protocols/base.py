@@ -33,6 +33,11 @@ class Protocol(ABC):
     input_size: ClassVar[int | None] = None
     crop_fraction: ClassVar[float | None] = None
 
+    @property
+    def trains_on_crops(self) -> bool:
+        """Whether it trains on random-resized crops, so that their scale matters (and is logged)."""
+        return False
+
     def check_dataset(self, dataset: ProbeDataset) -> None:
         if dataset.task != self.task:
             suggestion = "voc07" if dataset.task == "multilabel" else "linear or knn"

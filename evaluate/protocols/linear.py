@@ -150,6 +150,10 @@ class LinearProtocol(Protocol):
         self.batch_size, self.momentum, self.weight_decay = batch_size, momentum, weight_decay
         self.cached, self.seed = cached, seed
 
+    @property
+    def trains_on_crops(self) -> bool:
+        return not self.cached
+
     def settings(self, dataset: ProbeDataset) -> dict[str, Any]:
         return {
             "lr": self.lr if self.lr is not None else self.LR_BY_ENCODER_DATA[self.encoder_data],

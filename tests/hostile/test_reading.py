@@ -15,6 +15,7 @@ from http_helpers import serve
 from PIL import Image
 
 from genrep.errors import DataError, ManifestError, ShardFormatError
+from genrep.generate.cli import main as generate_main
 from genrep.images import MAX_IMAGE_PIXELS, decode_image
 from genrep.manifest import MAX_MANIFEST_BYTES, dataset_at
 from genrep.shards import (
@@ -57,7 +58,10 @@ def test_verify_names_fifos_devices_and_folders_without_reading_them(dataset, de
     (dataset / "shard-000001.tar").symlink_to("/dev/zero")  # endless bytes
     (dataset / "shard-000002.tar").unlink()
     (dataset / "shard-000002.tar").mkdir()
-    bad = bad_lines(cli(shards_main, "verify", dataset))
+    bad = {
+        name: problem.split("; to repair, ")[0]
+        for name, problem in bad_lines(cli(shards_main, "verify", dataset)).items()
+    }
     assert bad == {
         "shard-000000.tar": "the shard is a FIFO, not a regular file",
         "shard-000001.tar": "the shard is a device, not a regular file",
@@ -125,6 +129,37 @@ def _anchor(data: bytes, ext: str = "jpg"):
         (name[: -len("jpg")] + ext, data) if name.endswith("anchor.jpg") else (name, value)
         for name, value in members
     ]
+
+
+def test_a_damaged_shard_is_one_flat_line_whose_repair_works(dataset, tmp_path, monkeypatch):
+    """A shard whose bytes changed (same size, an undecodable anchor): verify names it and what
+    is wrong without nesting one message in another's brackets, and says how to rewrite it;
+    doing exactly that gives a dataset that verifies."""
+    path = dataset / "shard-000001.tar"
+    members = [
+        (
+            name,
+            b"\xff\xd8 not a jpeg".ljust(len(data), b"x") if name.endswith("anchor.jpg") else data,
+        )
+        for name, data in tar_members(path)
+    ]
+    damaged = tar_bytes(members).ljust(path.stat().st_size, b"\0")  # zeros end a tar
+    assert len(damaged) == path.stat().st_size  # only the checksum and the samples tell
+    replace_shard(dataset, path.name, damaged, record=False)
+    result = cli(shards_main, "verify", dataset)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    line = lines[0]
+    assert line.startswith("BAD shard-000001.tar: sha256 differs from the manifest; sample ")
+    assert "undecodable" in line and "(" not in line and "[" not in line
+    advice = "; to repair, delete the shard and rerun `"
+    assert advice in line and line.endswith("`, or copy it again from its source")
+    command = line.split(advice, 1)[1].split("`", 1)[0].split()
+    assert command[:2] == ["genrep-generate", "--config"]
+    path.unlink()
+    monkeypatch.chdir(dataset.parent)
+    assert cli(generate_main, "--no-progress", *command[1:]).exit_code == 0
+    assert cli(shards_main, "verify", dataset).exit_code == 0
 
 
 def test_image_larger_than_the_manifest_says_is_refused_before_decoding(dataset):
