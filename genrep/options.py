@@ -323,9 +323,10 @@ class RegistryChoice(click.ParamType):
         from genrep.registry import RegistryError, is_reference
 
         text = str(value)
-        if ctx and param and param.name and param.default == value:
+        lazy = not hasattr(self._registry, "kind")
+        if lazy and ctx and param and param.name and param.default == value:
             if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
-                return text  # the command's own default: no need to import a lazy registry
+                return text  # the command's own default: no need to import another stage's code
         if self.registry.accepts_references and is_reference(text) and ctx and param:
             source = ctx.get_parameter_source(param.name)
             if source is not click.core.ParameterSource.COMMANDLINE:

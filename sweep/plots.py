@@ -93,9 +93,9 @@ def metric_plot(
     _reference_lines(ax, experiment, finished, first=len(group(done, spec.series)))
     if _log_x(spec, [float(p) for p in positions] if axis.numeric else []):
         ax.set_xscale("log")
-        # The swept values as the ticks, written as they are in the experiment (no 3x10^-1).
-        ax.set_xticks(positions, axis.labels)
-        ax.minorticks_off()
+        if axis.numeric:  # the swept values as the ticks, written as in the experiment
+            ax.set_xticks(positions, axis.labels)
+            ax.minorticks_off()
     if not axis.numeric:
         ax.set_xticks(positions, axis.labels, rotation=20, ha="right")
     ax.set_xlabel(spec.x)

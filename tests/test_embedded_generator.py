@@ -132,8 +132,8 @@ def test_device_is_where_parameters_or_buffers_live(generator):
 def test_fields_are_their_own_weights_over_the_same_network():
     plain = build_generator("embedded", resolution=32)
     fields = build_generator("embedded", resolution=32, fields=1)
-    stronger = build_generator("embedded", resolution=32, fields=2)
-    assert len({plain.weights_sha256, fields.weights_sha256, stronger.weights_sha256}) == 3
+    weaker = build_generator("embedded", resolution=32, fields=0.5)
+    assert len({plain.weights_sha256, fields.weights_sha256, weaker.weights_sha256}) == 3
     assert (
         plain.weights_sha256 == build_generator("embedded", resolution=32, fields=0).weights_sha256
     )
@@ -144,8 +144,8 @@ def test_fields_are_their_own_weights_over_the_same_network():
 
 
 def test_field_neighbors_keep_colors_and_vary_bend_and_light():
-    """Half a unit along the field directions turns each field half a cycle: the image changes about
-    as much as a Gaussian neighbor at sigma 0.3 of the plain network, while its chromaticity (the
+    """A step of std 0.5 along each field direction (std half a cycle of its phase) changes the image
+    about as much as a Gaussian neighbor at sigma 0.3 of the plain network, while its chromaticity (the
     color of the light, not its brightness) changes less than half as much as that neighbor's."""
     gen = torch.Generator().manual_seed(6)
     plain = build_generator("embedded", resolution=64)
@@ -169,10 +169,20 @@ def test_field_neighbors_keep_colors_and_vary_bend_and_light():
     assert bent_colors < 0.5 * neighbor_colors
 
 
+def test_class_conditional_fields_keep_pixels_independent_of_the_batch():
+    generator = build_generator("embedded", classes=3, resolution=24, fields=1)
+    z = torch.randn(5, generator.z_dim, generator=torch.Generator().manual_seed(7))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    images = generator(z, y)
+    assert images.shape == (5, 3, 24, 24)
+    assert torch.equal(images, torch.cat([generator(z[:2], y[:2]), generator(z[2:], y[2:])]))
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"fields": -1}, "fields must be >= 0 and <= 4.0, got -1"),
+        ({"fields": -1}, "fields must be >= 0 and <= 1.25, got -1"),
+        ({"fields": 2}, "fields must be >= 0 and <= 1.25, got 2"),
         ({"fields": "strong"}, "fields must be a number"),
         ({"fields": True}, "fields must be a number"),
         ({"fields": float("nan")}, "fields must be a finite number"),

@@ -43,7 +43,7 @@ SHADE_AMPLITUDE = 0.2  # log-brightness of each shading component
 WARP_COMPONENTS, SHADE_COMPONENTS = 6, 4  # warp: half along x, half along y
 FIELD_FREQUENCY = (0.3, 0.8)  # cycles per half-width: smooth across the image
 FIELD_DIMS = WARP_COMPONENTS + SHADE_COMPONENTS
-MAX_FIELDS = 4.0
+MAX_FIELDS = 1.25  # beyond, the steepest warp passes 1 and folds the image
 FIELDS_MIN_Z_DIM = 7 + FIELD_DIMS + 8
 #: ranges of the model options (memory grows with z_dim^2, classes and resolution^2)
 MAX_Z_DIM = 4096
@@ -82,7 +82,7 @@ class EmbeddedGenerator(Generator):
         field_dims = FIELD_DIMS if fields else 0
 
         def style_map(columns: int) -> np.ndarray:
-            # The same draws with or without fields: both networks differ only in the fields.
+            # The same draws with or without fields; with them, the field directions drive no style.
             draw = rng.standard_normal((z_dim - 7, columns))
             draw[:field_dims] = 0
             return basis[:, 7:] @ draw / math.sqrt(z_dim - 7 - field_dims)
@@ -203,8 +203,12 @@ class EmbeddedGenerator(Generator):
             rgb = torch.addmm(self.b3_32[t], h, self.w3_32[t])  # HW, 3
             image = (torch.tanh(rgb) * 0.9 + color[i]).clamp(-1, 1).T.reshape(3, size, size)
             if self.fields:
-                content = ((self.grid_32 - shift[i]) @ turn[i]) / scale[i]  # q of every pixel
-                image = self._bend_and_light(image, content, field_phase[i], scale[i] * turn[i])
+                # float32 under a bf16 autocast too: content coordinates need sub-pixel precision
+                with torch.autocast(image.device.type, enabled=False):
+                    content = ((self.grid_32 - shift[i]) @ turn[i]) / scale[i]  # q of every pixel
+                    image = self._bend_and_light(
+                        image.float(), content, field_phase[i], scale[i] * turn[i]
+                    )
             images.append(image)
         return torch.stack(images)
 
