@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from genrep.errors import Command, OutputError
+from genrep.errors import Command, refuse_to_replace
 from genrep.generate.edits import EDIT_NAMES, EDITS
 from genrep.generate.image_encoders import DEFAULT_ENCODER, IMAGE_ENCODERS
 from genrep.generate.models import GENERATORS, build_generator
@@ -374,8 +374,7 @@ def steer_main(
         model, weights=weights, classes=settings["classes"], device=torch_device, **model_option
     )
     path = Path(out) if out else cached_walks_path(generator)
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it, or another --out")
+    refuse_to_replace(path, overwrite)
     learn_walks(
         generator,
         config,

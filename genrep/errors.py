@@ -10,6 +10,7 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,15 @@ class NetworkError(UserError):
 
 class OutputError(UsageError):
     """An output path that genrep will not write to (it would overwrite what it does not own)."""
+
+
+def refuse_to_replace(
+    path: str | os.PathLike[str], overwrite: bool, instead: str = "another --out"
+) -> None:
+    """The one-line refusal of an output file that is already there (a link too, even dangling),
+    unless the user passed --overwrite."""
+    if not overwrite and os.path.lexists(path):
+        raise OutputError(f"{path} exists; pass --overwrite to replace it, or {instead}")
 
 
 class _CliError(click.ClickException):

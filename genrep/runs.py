@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from genrep.encoders import build_backbone
-from genrep.errors import CheckpointError, OutputError, UsageError
+from genrep.errors import CheckpointError, OutputError, UsageError, refuse_to_replace
 from genrep.io import atomic_torch_save, atomic_write_bytes, sha256_file
 from genrep.safeload import load_safetensors, load_tensors, state_dict_mismatch
 
@@ -234,8 +234,7 @@ def export_backbone(
         raise OutputError(f"{out} is the checkpoint being exported; choose another OUT")
     if out.is_dir():
         raise OutputError(f"{out} is a folder; OUT is the file to write")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it, or choose another OUT")
+    refuse_to_replace(out, overwrite, instead="choose another OUT")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent} does not exist; create it first or choose another OUT")
     loaded = load_checkpoint(checkpoint)

@@ -12,7 +12,14 @@ import click
 import numpy as np
 from PIL import Image, ImageDraw
 
-from genrep.errors import DataError, Group, OutputError, ShardFormatError, UsageError, warn
+from genrep.errors import (
+    DataError,
+    Group,
+    ShardFormatError,
+    UsageError,
+    refuse_to_replace,
+    warn,
+)
 from genrep.images import MAX_IMAGE_PIXELS
 from genrep.io import atomic_open
 from genrep.manifest import CONFIG, dataset_at
@@ -237,8 +244,7 @@ def preview(
     image_format = Image.registered_extensions().get(Path(out).suffix.lower())
     if image_format not in Image.SAVE:
         raise UsageError(f"--out {out}: name an image file (.png, .jpg or .webp) for the sheet")
-    if os.path.lexists(out) and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite to replace it, or another --out")
+    refuse_to_replace(out, overwrite)
     frame, gap = stored_frame(m), 2
     scale = min(1.0, PREVIEW_CELL / max(frame.width, frame.height))
     cell_w, cell_h = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
