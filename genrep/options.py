@@ -309,9 +309,13 @@ class RegistryChoice(click.ParamType):
         self.name = kind or registry.kind
 
     @property
+    def _imported(self) -> bool:
+        return hasattr(self._registry, "kind")
+
+    @property
     def registry(self) -> Any:
         """The registry, imported on first use when given as a function."""
-        if not hasattr(self._registry, "kind"):
+        if not self._imported:
             self._registry = self._registry()
         return self._registry
 
@@ -323,8 +327,7 @@ class RegistryChoice(click.ParamType):
         from genrep.registry import RegistryError, is_reference
 
         text = str(value)
-        lazy = not hasattr(self._registry, "kind")
-        if lazy and ctx and param and param.name and param.default == value:
+        if not self._imported and ctx and param and param.name and param.default == value:
             if ctx.get_parameter_source(param.name) is click.core.ParameterSource.DEFAULT:
                 return text  # the command's own default: no need to import another stage's code
         if self.registry.accepts_references and is_reference(text) and ctx and param:

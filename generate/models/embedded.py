@@ -130,8 +130,9 @@ class EmbeddedGenerator(Generator):
             -1 + 1 / resolution, 1 - 1 / resolution, resolution, dtype=torch.float64
         )
         self.register_buffer("line", line, persistent=False)
-        grid = torch.stack(torch.meshgrid(line, line, indexing="xy"), -1)
-        self.register_buffer("grid_32", grid.float(), persistent=False)  # H, W, (x, y)
+        if fields:
+            grid = torch.stack(torch.meshgrid(line, line, indexing="xy"), -1)
+            self.register_buffer("grid_32", grid.float(), persistent=False)  # H, W, (x, y)
         self.weights_sha256 = parameters_sha256(self)
 
     def _buffer(self, name: str, value: np.ndarray) -> None:
