@@ -101,9 +101,18 @@ class _CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape sequences, carriage returns,
+    bidirectional overrides) written as its Python escape: what a shared dataset states is shown,
+    never obeyed by the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(text: str) -> str:
-    """A message folded onto one line (errors from libraries sometimes span several)."""
-    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+    """A message folded onto one line (errors from libraries sometimes span several), printable."""
+    return printable(
+        " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+    )
 
 
 @contextmanager

@@ -42,8 +42,12 @@ from genrep.shards import (
     FORMAT_VERSION,
     FRAMES,
     IMAGE_FORMATS,
+    MAX_CLASSES,
+    MAX_FILE_BYTES,
+    MAX_NEIGHBORS,
     MAX_SHARD_SIZE,
     MAX_SHARDS,
+    MAX_Z_DIM,
     READABLE_VERSIONS,
     SHARD_RE,
     shard_name,
@@ -154,8 +158,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         {
             "generator": lambda v: isinstance(v, dict),
             "view": lambda v: isinstance(v, dict),
-            "n": _positive,
-            "neighbors": _count,
+            "n": lambda v: _positive(v) and v <= MAX_SHARDS * MAX_SHARD_SIZE,
+            "neighbors": lambda v: _count(v) and v <= MAX_NEIGHBORS,
             "seed": lambda v: _is_int(v, -(2**63)),
             "truncation": lambda v: (
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
@@ -179,8 +183,8 @@ def manifest_problem(manifest: dict[str, Any]) -> str | None:
         "generator",
         {
             "name": lambda v: isinstance(v, str),
-            "z_dim": _positive,
-            "num_classes": _count,
+            "z_dim": lambda v: _positive(v) and v <= MAX_Z_DIM,
+            "num_classes": lambda v: _count(v) and v <= MAX_CLASSES,
             "resolution": _positive,
             "weights_sha256": lambda v: isinstance(v, str),
         },
@@ -230,8 +234,8 @@ def _shards_problem(manifest: dict[str, Any]) -> str | None:
             {
                 "name": lambda v: isinstance(v, str) and SHARD_RE.match(v) is not None,
                 "samples": _positive,
-                "first_index": _count,
-                "bytes": _count,
+                "first_index": lambda v: _count(v) and v < MAX_SHARDS * MAX_SHARD_SIZE,
+                "bytes": lambda v: _count(v) and v <= MAX_FILE_BYTES,
                 "sha256": lambda v: isinstance(v, str) and _SHA256_RE.match(v) is not None,
             },
         )

@@ -52,6 +52,14 @@ MAX_HEADER_BYTES = 64 << 10
 #: most shards of a dataset, and most anchors in one shard
 MAX_SHARDS = 100_000
 MAX_SHARD_SIZE = 100_000
+#: most neighbor views of an anchor (genrep-generate writes at most MAX_SHARD_SIZE images a shard)
+MAX_NEIGHBORS = MAX_SHARD_SIZE - 1
+#: largest latent and most classes of a generator: training sizes its heads and label table by
+#: them before reading a sample (SDXL's noise latent has 65,536 dims, BigGAN 1,000 classes)
+MAX_Z_DIM = 1 << 20
+MAX_CLASSES = 100_000
+#: largest file a manifest may record (a file size is a signed 64-bit number)
+MAX_FILE_BYTES = (1 << 63) - 1
 #: the magic bytes of compressed streams, which a shard never is (tarfile would inflate them)
 COMPRESSED_MAGIC = {
     b"\x1f\x8b": "gzip",

@@ -17,6 +17,7 @@ from genrep.errors import (
     Group,
     ShardFormatError,
     UsageError,
+    printable,
     refuse_to_replace,
     warn,
 )
@@ -74,7 +75,7 @@ def inspect(folder: str) -> None:
             f"parent      {parent.get('name')} ({parent.get('operation')} of its "
             f"{parent.get('n')} anchors, content sha256={str(parent.get('content_hash'))[:16]})"
         )
-    click.echo("\n".join(lines))
+    click.echo("\n".join(printable(line) for line in lines))
 
 
 def verify_shard(
@@ -151,7 +152,7 @@ def verify(folder: str) -> None:
     path, m = _dataset(folder)
     problems = dataset_problems(path, m)
     for problem in problems:
-        click.echo(problem, err=True)
+        click.echo(printable(problem), err=True)
     if problems:
         sys.exit(1)
     click.echo(f"OK {len(m['shards'])} shards, {sum(e['samples'] for e in m['shards'])} samples")

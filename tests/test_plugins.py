@@ -177,6 +177,15 @@ def test_plugin_pixels_do_not_depend_on_the_batch(plugin_file, tmp_path):
     assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
 
 
+#: a plugin whose generator states a size no reader takes
+_OVERSIZED = """from genrep.generate.models.embedded import EmbeddedGenerator
+def build(w, c, d):
+    generator = EmbeddedGenerator(resolution=16)
+    generator.{attribute} = {value}
+    return generator
+"""
+
+
 @pytest.mark.parametrize(
     "source, reference, exit_code, expected",
     [
@@ -199,6 +208,18 @@ def test_plugin_pixels_do_not_depend_on_the_batch(plugin_file, tmp_path):
             "broken.py:build",
             1,
             r"returned a Tensor, not a genrep.generate.models.Generator",
+        ),
+        (  # a dataset readers refuse (shards/README.md, Limits) is never written
+            _OVERSIZED.format(attribute="z_dim", value=2**21),
+            "broken.py:build",
+            1,
+            r"z_dim 2097152 is over the 1048576 a dataset may have",
+        ),
+        (
+            _OVERSIZED.format(attribute="num_classes", value=10**6),
+            "broken.py:build",
+            1,
+            r"num_classes must be an int in 0\.\.100000",
         ),
         ("", "missing.py:build", 2, r"there is no file"),
         ("", "genrep_no_such_package.mod:build", 2, r"no module named 'genrep_no_such_package'"),

@@ -19,6 +19,7 @@ from torch import nn
 from genrep.card import DatasetLicense
 from genrep.errors import UsageError
 from genrep.registry import BUILTIN_SOURCE, PluginError, Registry
+from genrep.shards import MAX_CLASSES, MAX_Z_DIM
 
 #: name -> builder(weights=None, classes=None, device="cpu", **options) -> Generator
 GENERATORS: Registry[Callable[..., Generator]] = Registry(
@@ -171,8 +172,12 @@ def _check_generator(generator: Any, name: str) -> None:
                 f"model {name!r}: its {attribute} is {value!r}; a Generator sets it to a "
                 "positive int"
             )
-    if not isinstance(generator.num_classes, int) or generator.num_classes < 0:
-        raise PluginError(f"model {name!r}: num_classes must be an int >= 0")
+    if generator.z_dim > MAX_Z_DIM:  # readers refuse such a dataset (shards/README.md, Limits)
+        raise PluginError(
+            f"model {name!r}: z_dim {generator.z_dim} is over the {MAX_Z_DIM} a dataset may have"
+        )
+    if not isinstance(generator.num_classes, int) or not 0 <= generator.num_classes <= MAX_CLASSES:
+        raise PluginError(f"model {name!r}: num_classes must be an int in 0..{MAX_CLASSES}")
 
 
 def build_generator(

@@ -14,7 +14,7 @@ import pytest
 from http_helpers import serve
 from PIL import Image
 
-from genrep.errors import DataError, ManifestError, ShardFormatError
+from genrep.errors import DataError, ManifestError, ShardFormatError, one_line
 from genrep.generate.cli import main as generate_main
 from genrep.images import MAX_IMAGE_PIXELS, decode_image
 from genrep.manifest import MAX_MANIFEST_BYTES, dataset_at
@@ -245,11 +245,17 @@ def _png(side: int) -> bytes:
         (lambda m: m["view"].update(params=None), "view.params is 'None'"),
         (lambda m: m["image"].update(width=100_000, height=100_000), "over the 67108864"),
         (lambda m: m.update(n=True), "the manifest.n is 'True'"),
-        (lambda m: m.update(num_shards=10**12, n=10**12), "num_shards"),
+        (lambda m: m.update(num_shards=10**12), "the manifest.num_shards is"),
         (lambda m: m["shards"][1].update(samples=10**12), "does not fit n and shard_size"),
         (lambda m: m["shards"][1].update(sha256="x"), "sha256 is 'x'"),
         (lambda m: m["shards"].append(dict(m["shards"][0])), "not a shard of this dataset"),
         (lambda m: m.update(complete=False), "'complete' does not match"),
+        # numbers beyond the limits: a float of them overflows, a table or loop of them never ends
+        (lambda m: m.update(n=10**400), "the manifest.n is '1000"),
+        (lambda m: m["shards"][0].update(bytes=10**400), "a shard entry.bytes is '1000"),
+        (lambda m: m["generator"].update(num_classes=10**12), "generator.num_classes is"),
+        (lambda m: m["generator"].update(z_dim=10**9), "generator.z_dim is '1000000000'"),
+        (lambda m: m.update(neighbors=10**9), "the manifest.neighbors is '1000000000'"),
     ],
 )
 def test_malformed_manifests_are_one_line_everywhere(dataset, tmp_path, edit, problem):
@@ -260,11 +266,26 @@ def test_malformed_manifests_are_one_line_everywhere(dataset, tmp_path, edit, pr
         (shards_main, ["verify", dataset]),
         (shards_main, ["inspect", dataset]),
         (shards_main, ["preview", dataset, "--out", tmp_path / "p.png"]),
+        (shards_main, ["subset", dataset, "--n", "1", "--out", tmp_path / "sub"]),
         (train_main, [dataset, "--arch", "resnet18", "--steps", "1", "--out", tmp_path / "run"]),
     ]
     for command, args in commands:
         assert problem in only_line(cli(command, *args), 1)
-    assert not (tmp_path / "p.png").exists() and not (tmp_path / "run").exists()
+    assert not any((tmp_path / name).exists() for name in ("p.png", "sub", "run"))
+
+
+def test_what_a_manifest_states_never_reaches_the_terminal_as_control_codes(dataset):
+    """A generator name that would clear the screen and rewrite the line is shown escaped."""
+    edited = manifest(dataset)
+    edited["generator"]["name"] = "evil\x1b[2J\rOK\u202e"
+    write_manifest(dataset, edited)
+    result = cli(shards_main, "inspect", dataset)
+    assert result.exit_code == 0, result.output
+    assert "generator   evil\\x1b[2J\\rOK\\u202e  z_dim=" in result.output
+    assert not any(c in result.output for c in "\x1b\r\u202e")
+    assert (
+        one_line("reason: 'Not\x1b]0;title\x07 Found'\n") == "reason: 'Not\\x1b]0;title\\x07 Found'"
+    )
 
 
 @pytest.mark.parametrize(
