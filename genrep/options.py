@@ -12,14 +12,14 @@ import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 import torch
 import yaml
 
-from genrep.errors import DeviceError, UsageError, warn
+from genrep.config import parse_yaml, read_yaml
+from genrep.errors import DeviceError, UsageError, one_line, warn
 
 #: autocast dtypes by --precision name; fp32 runs without autocast
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -192,10 +192,7 @@ def common_options(
 def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) -> str | None:
     if not path:
         return path
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise click.BadParameter(f"cannot read {path}: {err}") from None
+    data = read_yaml(path, click.BadParameter) or {}
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a YAML mapping of flag names to values")
     # A key may be the flag's name (`format`, `batch-size`) or its Python name (`batch_size`).
@@ -289,7 +286,12 @@ def parse_key_values(
         key, sep, value = str(item).partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE")
-        options[key.replace("-", "_")] = yaml.safe_load(value)
+        try:
+            options[key.replace("-", "_")] = parse_yaml(value)
+        except yaml.YAMLError as err:
+            raise click.BadParameter(
+                f"{item!r}: VALUE is not YAML ({one_line(str(err))})"
+            ) from None
     return options
 
 

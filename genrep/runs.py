@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-import yaml
 from torch import nn
 
+from genrep.config import read_yaml
 from genrep.encoders import build_backbone
 from genrep.errors import CheckpointError, OutputError, UsageError, refuse_to_replace
 from genrep.io import atomic_torch_save, atomic_write_bytes, sha256_file
@@ -120,10 +120,7 @@ def fit_backbone(arch: str, state: dict[str, Any], source: str | os.PathLike) ->
 
 
 def _run_config(run: Path) -> dict[str, Any]:
-    try:
-        config = yaml.safe_load((run / CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"cannot read {run / CONFIG}: {err}") from None
+    config = read_yaml(run / CONFIG, CheckpointError) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{run / CONFIG} must be a YAML mapping holding `arch`")
     return config

@@ -7,16 +7,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from genrep.errors import DataError
+from genrep.errors import CheckpointError, DataError
 from genrep.evaluate.datasets.base import DATASETS
 from genrep.generate.cli import main as generate_main
 from genrep.generate.cli import steer_main
+from genrep.runs import load_backbone
 from genrep.train.cli import export_main
 
 from .conftest import TINY
@@ -130,3 +132,14 @@ def test_a_fifo_in_a_probe_dataset_is_one_error_naming_it(tmp_path, deadline):
     dataset = DATASETS.build("imagefolder", root=tmp_path)
     with pytest.raises(DataError, match="waits.jpg .*is a FIFO, not a regular file"):
         dataset.load_image("train", 0)
+
+
+def test_a_run_folder_s_config_is_read_within_bounds(tiny_run, tmp_path, deadline):
+    """A run folder someone handed over (to probe its encoder), whose config.yaml is a 1 GiB
+    sparse file: one error, read no further than the cap."""
+    deadline(120)
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    with open(run / "config.yaml", "r+b") as handle:
+        handle.truncate(1 << 30)
+    with pytest.raises(CheckpointError, match="config.yaml is larger than the 1 MiB a YAML file"):
+        load_backbone(run)

@@ -75,6 +75,49 @@ def test_a_received_config_never_chooses_where_to_write(tiny_dataset, tmp_path, 
     assert read_manifest(chosen)["complete"] and not victim.exists()
 
 
+def _alias_bomb(key: str) -> str:
+    """YAML whose `key` holds 10 ** 8 values in 9 lines, by aliases of aliases (billion laughs)."""
+    lines = [f"{key}:", "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+def _special_config(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading waits for a writer forever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # endless bytes
+    elif kind == "huge":
+        with open(path, "wb") as handle:  # sparse: no disk used
+            handle.truncate(1 << 30)
+    elif kind == "aliases":
+        path.write_text(_alias_bomb("model-option"))
+    else:  # a value that is not YAML, set by the file
+        path.write_text("model-option:\n  z_dim: '[1'\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("fifo", "fifo.yaml is a FIFO, not a regular file"),
+        ("device", "device.yaml is a device, not a regular file"),
+        ("huge", "huge.yaml is larger than the 1 MiB a YAML file may be"),
+        ("aliases", "YAML aliases (*name) are not read: write the value out"),
+        ("not-yaml", "'z_dim=[1': VALUE is not YAML"),
+    ],
+)
+def test_a_received_config_file_is_read_within_bounds(tmp_path, deadline, kind, message):
+    """A config.yaml that came with a dataset, replayed with --config: it never blocks, streams
+    without end or expands to billions of values; one line, and nothing is written."""
+    deadline(120)
+    config = _special_config(tmp_path, kind)
+    result = cli(generate_main, "--config", config, "--n", "2", "--out", tmp_path / "ds")
+    assert message in refused(result, 2)
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
