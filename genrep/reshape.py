@@ -189,7 +189,7 @@ def check_sample(
         )
     try:
         index = json.loads(members["json"]).get("index")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
         index = None
     if index != int(name):
         raise ShardFormatError(f"{where}: its json does not record index {int(name)}")

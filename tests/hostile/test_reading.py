@@ -162,6 +162,26 @@ def test_a_damaged_shard_is_one_flat_line_whose_repair_works(dataset, tmp_path, 
     assert cli(shards_main, "verify", dataset).exit_code == 0
 
 
+def _json_of_first(data: bytes):
+    """An edit that replaces sample 0's json member by `data`."""
+    return lambda members: [
+        (name, data if name == "000000000.json" else value) for name, value in members
+    ]
+
+
+@pytest.mark.parametrize("operation", [["subset", "--n", "1"], ["reshard", "--shard-size", "1"]])
+def test_a_json_member_nested_past_the_recursion_limit_is_one_line(dataset, tmp_path, operation):
+    """A sample's json that is 100,000 brackets deep: verify says BAD and a reshape refuses in one
+    line (json raises RecursionError, not ValueError), writing no shard."""
+    _shard_with(dataset, _json_of_first(b"[" * 100_000 + b"]" * 100_000))
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert "sample 000000000: undecodable (RecursionError" in bad["shard-000000.tar"]
+    out = tmp_path / "reshaped"
+    line = only_line(cli(shards_main, *operation, dataset, "--out", out), 1)
+    assert "sample 000000000: its json does not record index 0" in line
+    assert not list(out.glob("shard-*.tar"))
+
+
 def test_image_larger_than_the_manifest_says_is_refused_before_decoding(dataset):
     """A 13000x13000 header (500 MB of pixels) is refused from its header alone."""
     _shard_with(dataset, _anchor(png_header(13000, 13000), "png"))
