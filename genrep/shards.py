@@ -227,8 +227,9 @@ def decode_image(data: bytes, fmt: str | None = None, size: tuple[int, int] | No
 
 
 def decode_npy(data: bytes, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """A `.npy` member as an array (no object dtypes, no pickle), of `shape` if given; the header's
-    shape must match the member's size before anything is allocated."""
+    """A latent `.npy` member as a float32 array (the format's only dtype: no objects, strings or
+    records, which training cannot take, and no pickle), of finite values and of `shape` if given;
+    the header's shape must match the member's size before anything is allocated."""
     stream = io.BytesIO(data)
     version = np.lib.format.read_magic(stream)
     read_header = {
@@ -240,13 +241,17 @@ def decode_npy(data: bytes, shape: tuple[int, ...] | None = None) -> np.ndarray:
     stored, fortran, dtype = read_header(stream)
     if dtype.hasobject:
         raise ValueError("npy array of Python objects")
+    if dtype.kind != "f" or dtype.itemsize != 4:  # float32 in either byte order
+        raise ValueError(f"npy array of {dtype}, not float32")
     count = int(np.prod(stored, dtype=np.int64)) if stored else 1
     if count * dtype.itemsize != len(data) - stream.tell():
         raise ValueError(f"npy header says {stored} {dtype}, the member holds other bytes")
     if shape is not None and tuple(stored) != tuple(shape):
         raise ValueError(f"array of shape {tuple(stored)}, expected {tuple(shape)}")
     array = np.frombuffer(data, dtype, count, stream.tell())
-    return array.reshape(stored, order="F" if fortran else "C").copy()
+    if not np.isfinite(array).all():
+        raise ValueError("npy array holds NaN or infinity")
+    return array.reshape(stored, order="F" if fortran else "C").astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import tarfile
 
 import numpy as np
@@ -248,6 +249,52 @@ def test_npy_members_cannot_ask_for_more_than_they_hold():
     raw = {"__key__": "7", "anchor.png": _png(16), "latent.npy": latent.getvalue()}
     with pytest.raises(ShardFormatError, match="sample 7: .*expected \\(8,\\)"):
         decode_sample(raw, Expected(16, 16, 8))
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "array, problem",
+    [
+        (np.array(["a"] * 8), "npy array of <U1, not float32"),
+        (np.zeros(8, [("a", "<f4")]), "not float32"),
+        (np.zeros(8, np.complex64), "npy array of complex64, not float32"),
+        (np.zeros(8, np.int32), "npy array of int32, not float32"),
+        (np.zeros(8, np.float64), "npy array of float64, not float32"),
+        (np.full(8, np.nan, np.float32), "npy array holds NaN or infinity"),
+        (np.full(8, -np.inf, np.float32), "npy array holds NaN or infinity"),
+    ],
+)
+def test_latents_are_finite_float32_as_the_format_says(array, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        decode_npy(_npy(array))
+    big_endian = decode_npy(_npy(np.arange(8, dtype=">f4")))
+    assert big_endian.dtype == np.float32 and big_endian.tolist() == list(range(8))
+
+
+def test_latents_training_cannot_take_are_skipped_samples(dataset, tmp_path):
+    """String latents (which torch cannot convert) in shard 0, its checksum recorded: verify says
+    BAD, and the inverter, which regresses them, skips those samples instead of a traceback."""
+    _shard_with(
+        dataset,
+        lambda members: [
+            (name, _npy(np.array(["a"] * 8)) if name.endswith(".latent.npy") else data)
+            for name, data in members
+        ],
+    )
+    assert (
+        "npy array of <U1, not float32"
+        in bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"]
+    )
+    flags = ["--objective", "inverter", "--arch", "resnet18", "--batch-size", "2"]
+    flags += ["--workers", "0", "--no-progress", "--steps", "2", "--out", tmp_path / "run"]
+    result = cli(train_main, dataset, *flags)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "skipped" in result.output and "bad samples" in result.output
 
 
 def _png(side: int) -> bytes:
