@@ -27,13 +27,12 @@ from genrep.errors import OutputError, ShardFormatError, UsageError
 from genrep.io import StagedFile, naming
 from genrep.manifest import DatasetWriter, content_hash, find_dataset, load_dataset, new_manifest
 from genrep.remote import Location, dataset_name, is_remote
-from genrep.shards import ShardFile, shard_name, stored_frame, write_shard
+from genrep.shards import KEY_RE, ShardFile, shard_name, stored_frame, write_shard
 
 #: the member names of the format (after the key), shards/README.md
 MEMBER_RE = re.compile(
     r"^(anchor\.(jpg|png|webp)|neighbor_\d+\.(jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
 )
-KEY_RE = re.compile(r"^\d{9,}$")
 #: the longest `cls` member read (a class id in ASCII decimal)
 MAX_CLASS_BYTES = 20
 

@@ -309,9 +309,12 @@ def decode_sample(raw: dict[str, Any], expected: Expected | None = None) -> Samp
     return Sample(key, anchor, neighbors, label, latent, neighbor_latents, meta)
 
 
+#: a sample key: `sample_key` of an index below MAX_SHARDS * MAX_SHARD_SIZE (a longer run of
+#: digits is no key: Python refuses to read an int of over 4,300 digits)
+KEY_RE = re.compile(r"^\d{9,10}$")
 #: the members a reader reads (the format's fields); any other member is skipped unread
 _FIELD_RE = re.compile(
-    r"^(\d+)\.((?:anchor|neighbor_\d+)\.(?:jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
+    r"^(\d{9,10})\.((?:anchor|neighbor_\d+)\.(?:jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
 )
 #: tar headers whose data tarfile reads whole into memory: pax records and GNU long names
 _EXTENDED_HEADERS = (
@@ -336,6 +339,13 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 f"a tar header of {self.size} bytes, over the {MAX_HEADER_BYTES} a shard may use"
             )
         return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    def _refuse_pax_sparse(self, *_args: Any) -> None:
+        """GNU sparse maps in pax records (versions 0.0, 0.1, 1.0): version 1.0's is read from the
+        member's data until its count is met, however large, and a short one raises ValueError."""
+        raise ShardFormatError("a tar member is a GNU sparse file (pax GNU.sparse records)")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_pax_sparse
 
 
 class _HashingReader:

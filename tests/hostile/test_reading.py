@@ -233,6 +233,75 @@ def test_a_huge_pax_header_is_refused_unread(tmp_path):
         list(shard.samples())
 
 
+def _pax_record(key: str, value: str) -> bytes:
+    """One pax record, `LENGTH KEY=VALUE\\n`, LENGTH counting itself."""
+    tail = f" {key}={value}\n"
+    length = len(tail) + 1
+    while len(str(length)) + len(tail) != length:
+        length += 1
+    return f"{length}{tail}".encode()
+
+
+def test_a_pax_sparse_map_is_refused_unread(dataset, tmp_path):
+    """GNU sparse 1.0 in pax records: tarfile reads the map from the member's data until a count
+    of 10^12 numbers is met; a short map had raised a ValueError traceback."""
+    records = [("GNU.sparse.major", "1"), ("GNU.sparse.minor", "0")]
+    records += [("GNU.sparse.name", "000000000.anchor.jpg"), ("GNU.sparse.realsize", "10")]
+    body = b"".join(_pax_record(key, value) for key, value in records)
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, len(body)
+    member = tarfile.TarInfo("000000000.anchor.jpg")
+    member.size = 512
+    data = header.tobuf(tarfile.USTAR_FORMAT) + body.ljust(512, b"\0")
+    data += member.tobuf(tarfile.USTAR_FORMAT) + b"1000000000000\n".ljust(512, b"\0")
+    replace_shard(dataset, "shard-000000.tar", data + b"\0" * 1024)
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert bad["shard-000000.tar"].startswith("a tar member is a GNU sparse file")
+    result = cli(
+        train_main,
+        dataset,
+        "--arch",
+        "resnet18",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--steps",
+        "1",
+        "--out",
+        tmp_path / "run",
+    )
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "shard-000000.tar: a tar member is a GNU sparse file" in result.output
+
+
+def test_a_key_of_thousands_of_digits_is_no_key(dataset, tmp_path):
+    """Sample 1's members under a 5,001-digit key (pax long names): they are not the format's
+    members, so sample 1 is missing; a reshape had died converting the key to an int (a
+    ValueError traceback past Python's 4,300-digit limit)."""
+    key = "0" * 5000 + "1"
+    path = dataset / "shard-000000.tar"
+    members = [
+        (key + name[9:] if name.startswith("000000001.") else name, data)
+        for name, data in tar_members(path)
+    ]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    replace_shard(dataset, path.name, buffer.getvalue())
+    assert bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"].startswith(
+        "1 samples, manifest says 2"
+    )
+    for operation in (["subset", "--n", "2"], ["reshard", "--shard-size", "1"]):
+        out = tmp_path / operation[0]
+        line = only_line(cli(shards_main, *operation, dataset, "--out", out), 1)
+        assert "shard-000000.tar: 1 samples where its manifest says 2" in line
+
+
 def test_npy_members_cannot_ask_for_more_than_they_hold():
     """A 16-byte member whose header says 4 TB is refused before anything is allocated."""
     huge = io.BytesIO()
