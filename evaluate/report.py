@@ -21,6 +21,8 @@ REPORT_FORMAT = "genrep-probe-report"
 REPORT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 TABLE_FORMATS = ("text", "markdown", "csv", "json")
+#: largest report file read (one is a few KiB)
+MAX_REPORT_BYTES = 16 << 20
 
 
 def config_path_for(report_path: str | os.PathLike) -> Path:
@@ -81,12 +83,44 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     return config_path
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scores(value: Any) -> bool:
+    """A metric -> number mapping (`metrics`, `lift`)."""
+    return isinstance(value, dict) and all(_number(v) for v in value.values())
+
+
+#: what `format_table` reads of a report, and how to tell it is usable (absent optional keys are
+#: None: reports of version 1 have no baseline, lift or trained_on)
+_REPORT_FIELDS = {
+    "label": lambda v: isinstance(v, str),
+    "protocol": lambda v: isinstance(v, str),
+    "metrics": _scores,
+    "primary_metric": lambda v: isinstance(v, str),
+    "dataset": lambda v: isinstance(v, dict) and isinstance(v.get("label"), str),
+    "checkpoint": lambda v: isinstance(v, dict) and isinstance(v.get("sha256"), str),
+    "baseline": lambda v: (
+        v is None
+        or (isinstance(v, dict) and _scores(v.get("metrics", {})) and {"arch", "seed"} <= v.keys())
+    ),
+    "lift": lambda v: v is None or _scores(v),
+    "trained_on": lambda v: v is None or isinstance(v, dict),
+}
+
+
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """A report written by `write_report`; any other file is a `DataError` saying what it is not."""
+    """A report written by `write_report` (a regular file of at most `MAX_REPORT_BYTES`, holding
+    what `format_table` reads); any other file is a `DataError` saying what it is not."""
+    from genrep.remote import read_capped
+
     try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
+        report = json.loads(read_capped(Path(path), MAX_REPORT_BYTES, "report"))
+    except DataError as err:  # not a regular file, or too large
         raise DataError(f"cannot read report {path}: {err}") from None
+    except (OSError, ValueError, RecursionError) as err:
+        raise DataError(f"cannot read report {path}: {type(err).__name__}: {err}") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise DataError(f"{path} is not a genrep-probe report (written by genrep-probe --out)")
     if report.get("format_version") not in READABLE_VERSIONS:
@@ -94,7 +128,19 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
             f"{path} has report format_version {report.get('format_version')}; this genrep "
             f"reads {', '.join(map(str, READABLE_VERSIONS))}: use the genrep that wrote it"
         )
-    return {"baseline": None, "lift": None, "trained_on": None, **report}
+    report = {"baseline": None, "lift": None, "trained_on": None, **report}
+    for name, valid in _REPORT_FIELDS.items():
+        if not valid(report.get(name)):
+            raise DataError(
+                f"{path} is a damaged genrep-probe report ({name} is "
+                f"{str(report.get(name))[:80]!r}); rerun the genrep-probe command that wrote it"
+            )
+    if report["primary_metric"] not in report["metrics"]:
+        raise DataError(
+            f"{path} is a damaged genrep-probe report (no metric {report['primary_metric']!r}); "
+            "rerun the genrep-probe command that wrote it"
+        )
+    return report
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import tarfile
@@ -16,6 +17,7 @@ from http_helpers import serve
 from PIL import Image
 
 from genrep.errors import DataError, ManifestError, ShardFormatError, one_line
+from genrep.evaluate.cli import main as probe_main
 from genrep.generate.cli import main as generate_main
 from genrep.images import MAX_IMAGE_PIXELS, decode_image
 from genrep.manifest import MAX_MANIFEST_BYTES, dataset_at
@@ -478,3 +480,47 @@ def test_preview_skips_bad_samples_and_checks_its_flags(dataset, tmp_path):
         result = cli(shards_main, "preview", dataset, *flags)
         assert result.exit_code in (1, 2) and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def _report(**changes) -> str:
+    """A probe report as genrep-probe writes one (the fields a table reads), with `changes`."""
+    report = {
+        "format": "genrep-probe-report",
+        "format_version": 2,
+        "label": "run",
+        "protocol": "knn",
+        "primary_metric": "top1",
+        "metrics": {"top1": 50.0},
+        "dataset": {"label": "digits"},
+        "checkpoint": {"sha256": "a" * 64, "arch": "resnet18"},
+    }
+    return json.dumps({**report, **changes})
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (_report(label=None), "a damaged genrep-probe report (label is 'None')"),
+        (_report(metrics={"top1": "high"}), "(metrics is \"{'top1': 'high'}\")"),
+        (_report(primary_metric="map"), "(no metric 'map')"),
+        (_report(checkpoint=[]), "(checkpoint is '[]')"),
+        (_report(baseline={"metrics": {"top1": 1.0}}), "(baseline is"),
+        ("[" * 100_000 + "]" * 100_000, "RecursionError"),
+        ("fifo", "fifo.json is a FIFO, not a regular file"),
+    ],
+    ids=["no-label", "text-metric", "no-primary", "checkpoint-list", "baseline", "deep", "fifo"],
+)
+def test_a_probe_report_someone_sent_is_read_or_one_line(tmp_path, deadline, text, problem):
+    """`genrep-probe table` over reports collected from others: a report with fields missing or
+    of other types had died in a KeyError or TypeError traceback, a deep one in a RecursionError,
+    and a FIFO had hung it."""
+    deadline(120)
+    good, path = tmp_path / "good.json", tmp_path / "fifo.json"
+    good.write_text(_report())
+    if text == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text(text)
+    assert problem in only_line(cli(probe_main, "table", good, path), 1)
+    result = cli(probe_main, "table", good)
+    assert result.exit_code == 0 and "50.00" in result.output, result.output
