@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from PIL import Image
@@ -59,6 +60,48 @@ def decode_image(
         raise DataError("undecodable image: unknown format or damaged header") from None
     except Exception as err:  # corrupt bytes surface as many exception types
         raise DataError(f"undecodable image ({type(err).__name__}: {err})") from None
+
+
+def _walk_once(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(top, followlinks=True)` entering each directory once, in sorted order: a folder
+    of linked class folders is still read, but links that loop (`x -> .`) would otherwise be
+    walked until paths grow too long, doubling at every level with two of them."""
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        dirs.sort()
+        yield root, dirs, files
+
+
+def image_files(
+    directory: str | os.PathLike,
+    class_to_idx: dict[str, int],
+    extensions: tuple[str, ...],
+    allow_empty: bool = False,
+) -> list[tuple[str, int]]:
+    """(path, class index) of the images of an ImageFolder-layout folder, as torchvision's
+    `make_dataset` lists them, but entering each linked directory once (`_walk_once`)."""
+    samples, empty = [], []
+    for name in sorted(class_to_idx):
+        target = os.path.join(directory, name)
+        found = [
+            (os.path.join(root, file), class_to_idx[name])
+            for root, _, files in (sorted(_walk_once(target)) if os.path.isdir(target) else [])
+            for file in sorted(files)
+            if file.lower().endswith(extensions)
+        ]
+        samples += found
+        empty += [] if found else [name]
+    if empty and not allow_empty:
+        raise FileNotFoundError(
+            f"Found no valid file for the classes {', '.join(empty)}. "
+            f"Supported extensions are: {', '.join(extensions)}"
+        )
+    return samples
 
 
 def read_image_file(

@@ -32,10 +32,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
-from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from genrep.errors import DataError, ShardFormatError, UsageError, warn
-from genrep.images import read_image_file
+from genrep.images import image_files, read_image_file
 from genrep.manifest import content_hash, find_dataset, load_dataset
 from genrep.remote import Location, dataset_name, is_remote
 from genrep.shards import (
@@ -258,12 +258,13 @@ def open_image_folder(root: str | Path) -> ImageFileSource:
     """The images of an ImageFolder-layout folder (listing only; nothing is decoded here)."""
     root = Path(root)
     try:
-        folder = ImageFolder(str(root))
+        classes, class_to_idx = find_classes(root)
+        files = image_files(root, class_to_idx, IMG_EXTENSIONS)
     except (FileNotFoundError, OSError) as err:
         raise DataError(
             f"--real {root}: {err}; pass a folder with one sub-folder of images per class"
         ) from None
-    return ImageFileSource(root, folder.samples, folder.classes)
+    return ImageFileSource(root, files, classes)
 
 
 def open_data(

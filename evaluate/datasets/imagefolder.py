@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from genrep.evaluate.datasets.base import DATASETS, ProbeDataset
+from genrep.images import image_files
 
 
 @DATASETS.register("imagefolder")
@@ -35,11 +36,8 @@ class ImageFolderDataset(ProbeDataset):
             raise self.fail(f"val/ has classes that train/ lacks: {', '.join(sorted(unknown)[:5])}")
         for split in self.splits:
             try:
-                samples = make_dataset(
-                    self.root / split,
-                    class_to_idx,
-                    extensions=IMG_EXTENSIONS,
-                    allow_empty=split != "train",
+                samples = image_files(
+                    self.root / split, class_to_idx, IMG_EXTENSIONS, allow_empty=split != "train"
                 )
             except FileNotFoundError as err:
                 raise self.fail(f"{self.root / split}: {err}") from None

@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 
 from genrep.errors import UserError
+from genrep.evaluate.datasets.base import DATASETS
+from genrep.images import image_files
 from genrep.train.cli import main as train_main
 from genrep.train.config import TrainConfig
 from genrep.train.trainer import train
@@ -230,3 +233,44 @@ def test_under_ddp_a_rank_whose_data_fails_stops_every_rank(dataset, tmp_path):
     assert all(outcome.startswith("DataError: ") for outcome in outcomes), outcomes
     assert any("shard-000001.tar: not a readable tar" in outcome for outcome in outcomes)
     assert any("stopped: " in outcome for outcome in outcomes), outcomes
+
+
+def _looping_image_folder(root: Path, elsewhere: Path) -> Path:
+    """Classes a and b of two images each; a holds two links to itself and b one to its parent
+    (walked naively: 2^depth paths), and class c is a link to the folder `elsewhere`."""
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (100 * i, 0, 0)).save(root / label / f"{i}.png")
+    (root / "a" / "x").symlink_to(".")
+    (root / "a" / "y").symlink_to(".")
+    (root / "b" / "up").symlink_to("..")
+    elsewhere.mkdir(exist_ok=True)
+    Image.new("RGB", (8, 8)).save(elsewhere / "0.png")
+    (root / "c").symlink_to(elsewhere)
+    return root
+
+
+def test_an_image_folder_whose_links_loop_is_listed_once(tmp_path, deadline):
+    """Links that loop had hung --real and the probe's imagefolder in os.walk(followlinks=True);
+    every folder is entered once, and a class folder that is a link is still read."""
+    deadline(300)
+    root = _looping_image_folder(tmp_path / "real", tmp_path / "elsewhere")
+    files = image_files(root, {"a": 0, "b": 1, "c": 2}, (".png",))
+    listed = [(os.path.relpath(path, root), label) for path, label in files]
+    assert listed == [  # b/up is the whole folder: each of its folders once more, as b
+        ("a/0.png", 0),
+        ("a/1.png", 0),
+        ("b/0.png", 1),
+        ("b/1.png", 1),
+        ("b/up/a/0.png", 1),
+        ("b/up/a/1.png", 1),
+        ("b/up/c/0.png", 1),
+        ("c/0.png", 2),
+    ]
+    result = cli(train_main, "--real", root, *FAST, "--steps", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    for split in ("train", "val"):
+        _looping_image_folder(tmp_path / "probe" / split, tmp_path / "elsewhere")
+    dataset = DATASETS.build("imagefolder", root=tmp_path / "probe")
+    assert dataset.load_image("train", 4).size == (8, 8)
