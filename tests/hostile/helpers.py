@@ -41,9 +41,10 @@ def refused(result, exit_code: int) -> str:
     return errors[0]
 
 
-def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]], format: int = tarfile.USTAR_FORMAT) -> bytes:
+    """A tar of `members` (pax `format` for names longer than ustar's 256 bytes)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=format) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)

@@ -288,13 +288,7 @@ def test_a_key_of_thousands_of_digits_is_no_key(dataset, tmp_path):
         (key + name[9:] if name.startswith("000000001.") else name, data)
         for name, data in tar_members(path)
     ]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    replace_shard(dataset, path.name, buffer.getvalue())
+    replace_shard(dataset, path.name, tar_bytes(members, tarfile.PAX_FORMAT))
     assert bad_lines(cli(shards_main, "verify", dataset))["shard-000000.tar"].startswith(
         "1 samples, manifest says 2"
     )
