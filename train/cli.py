@@ -35,7 +35,7 @@ def _takers(option: str) -> str:
     )
 
 
-@click.command(cls=Command, context_settings=CONTEXT)
+@click.command(cls=Command, context_settings=CONTEXT, recorded_keys=TrainConfig.derived_fields())
 @config_option
 @click.argument("shards", nargs=-1, type=DatasetLocation())
 @click.option(
