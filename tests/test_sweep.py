@@ -236,6 +236,14 @@ def test_collect_needs_a_sweep_folder(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_results_say_when_no_axis_is_averaged(tmp_path):
+    experiment = write_experiment(tmp_path, {**TINY, "axes": {"generate.sigma": [0.2, 1.0]}})
+    sweep(experiment, "--out", tmp_path / "out", "--print-commands")
+    sweep(experiment, "--out", tmp_path / "out", "--collect")
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert ": one run per cell, no axis averaged (0 of 2 cells finished)." in results
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
