@@ -129,14 +129,15 @@ def sample_options(command: Callable) -> Callable:
                 "--sigma",
                 type=float,
                 default=None,
-                help="Std of the gaussian view [default: the model's: 0.2 unconditional, 1.0 conditional, "
-                "0.25 stylegan2-car, as the paper].",
+                help="Std of the gaussian view [default: the model's: 0.2 unconditional, "
+                "1.0 conditional, 0.25 stylegan2-car, as the paper].",
             ),
             click.option(
                 "--truncation",
                 type=float,
                 default=None,
-                help="Anchor latent z ~ N_t(0, 1, t) [default: the model's].",
+                help="Truncation t of the latents: anchors z ~ N_t(0, 1, t), gaussian noise "
+                "w ~ N_t(0, sigma, t), independent views' z like anchors [default: the model's].",
             ),
             click.option(
                 "--classes",
