@@ -346,6 +346,10 @@ def _one_line_error(result) -> str:
         (["--projection-dim", "0"], "--projection-dim must be >= 1 and <= 65536, got 0"),
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
+        (
+            ["--warmup-steps", "1", "--batch-size", "8"],
+            "--warmup-steps 1 is not below the run's 1 steps",
+        ),
         (["--objective", "inverter", "--temperature", "0.5"], "does not take --temperature"),
         (["--objective", "classifier", "--projection-dim", "64"], "it takes: no options"),
     ],

@@ -227,6 +227,12 @@ class TrainConfig:
             raise UsageError("pass --epochs or --steps, not both")
         per_epoch = steps_per_epoch(info, batch)
         epochs = self.epochs or DEFAULT_EPOCHS
+        steps = self.steps or epochs * per_epoch
+        if self.warmup_steps >= steps:
+            raise UsageError(
+                f"--warmup-steps {self.warmup_steps} is not below the run's {steps} steps: its lr "
+                "would never decay (cosine after warmup); pass fewer warmup steps"
+            )
         # a run on shards records no generator flags (nor did runs before online training)
         cleared: dict[str, Any] = (
             {}
@@ -241,7 +247,7 @@ class TrainConfig:
             augment=augment,
             tx_on=self._tx_place(augment, device),
             input_size=self.input_size or recipe.default_input_size(info.train_side),
-            steps=self.steps or epochs * per_epoch,
+            steps=steps,
             epochs=None if self.steps else epochs,
             device=str(device),
             precision=resolve_precision(self.precision, device),
