@@ -93,7 +93,8 @@ class BaselineStore:
             record = json.loads(self.path(key).read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(record, dict) or record.get("key") != key:
+        # compared as read back from JSON: a tuple in the key (a crop range) is a list there
+        if not isinstance(record, dict) or record.get("key") != json.loads(json.dumps(key)):
             return None
         return record
 

@@ -129,13 +129,15 @@ def sample_options(command: Callable) -> Callable:
                 "--sigma",
                 type=float,
                 default=None,
-                help="Std of the gaussian view [default: 0.2 unconditional, 1.0 conditional].",
+                help="Std of the gaussian view [default: the model's: 0.2 unconditional, "
+                "1.0 conditional, 0.25 stylegan2-car, as the paper].",
             ),
             click.option(
                 "--truncation",
                 type=float,
                 default=None,
-                help="Anchor latent z ~ N_t(0, 1, t) [default: the model's].",
+                help="Truncation t of the latents: anchors z ~ N_t(0, 1, t), gaussian noise "
+                "w ~ N_t(0, sigma, t), independent views' z like anchors [default: the model's].",
             ),
             click.option(
                 "--classes",
@@ -180,7 +182,13 @@ def sample_options(command: Callable) -> Callable:
 @config_option
 @generator_options
 @sample_options
-@click.option("--format", "format_", type=click.Choice(IMAGE_FORMATS), default="jpg")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(IMAGE_FORMATS),
+    default="jpg",
+    help="Image encoding of the stored frames.",
+)
 @click.option("--quality", type=int, default=95, help="jpg/webp quality.")
 @click.option(
     "--encoder",
@@ -201,7 +209,12 @@ def sample_options(command: Callable) -> Callable:
 )
 @click.option("--batch-size", type=int, default=64, help="Images per generator forward pass.")
 @common_options(device=True, precision=True, workers=True, progress=True)
-@click.option("--seed", type=int, default=0)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    help="Seed of the latents: sample i draws its z, class and views from (seed, i).",
+)
 @click.option(
     "--license",
     default=None,
@@ -309,7 +322,9 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
     default=SteerConfig.num_samples,
     help="Training latents in all (steps = num-samples / batch-size).",
 )
-@click.option("--batch-size", type=int, default=SteerConfig.batch_size)
+@click.option(
+    "--batch-size", type=int, default=SteerConfig.batch_size, help="Latents per training step."
+)
 @click.option("--lr", type=float, default=SteerConfig.lr, help="Learning rate.")
 @click.option(
     "--lr-schedule",
@@ -333,7 +348,9 @@ def _transform_list(_ctx: click.Context, _param: click.Parameter, value: Any) ->
     default=SteerConfig.eval_size,
     help="Latents of the fixed batch the initial and final losses are measured on.",
 )
-@click.option("--seed", type=int, default=0)
+@click.option(
+    "--seed", type=int, default=0, help="Seed of the initial walks and the training latents."
+)
 @common_options(device=True, precision=True, progress=True)
 @click.option("--checkpoint-every", type=int, default=500, help="Steps between checkpoints.")
 @click.option(

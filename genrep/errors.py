@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,7 +137,15 @@ def one_line_errors() -> Iterator[None]:
 
 
 class Command(click.Command):
-    """A click command whose user errors, from flag callbacks or the command itself, are one line."""
+    """A click command whose user errors, from flag callbacks or the command itself, are one line.
+
+    `recorded_keys`: keys the command's saved config records besides its flags (values it derived);
+    `--config` skips them, so that the saved config replays.
+    """
+
+    def __init__(self, *args: Any, recorded_keys: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded_keys = frozenset(recorded_keys)
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         with one_line_errors():

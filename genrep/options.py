@@ -201,8 +201,11 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: str | None) 
         if option.name and option.expose_value:
             for name in (option.name, *(opt.lstrip("-") for opt in getattr(option, "opts", ()))):
                 params[name.replace("-", "_")] = option
+    recorded: frozenset[str] = getattr(ctx.command, "recorded_keys", frozenset())
     defaults = {}
     for key, value in data.items():
+        if str(key) in recorded:
+            continue  # derived when the command ran (a saved config): derived again now
         if str(key) == "out":
             # A config file may come with a dataset or run from elsewhere: where to write is
             # chosen on this command line (--out) or by the default, never by the file.

@@ -117,6 +117,11 @@ def main(
     folder = sweep_folder(out, loaded)
     plan = make_plan(loaded, folder)
     if collect:
+        if not (folder / EXPERIMENT_COPY).exists():
+            raise UsageError(
+                f"{folder} holds no sweep to collect: run `genrep-sweep {experiment}` (or "
+                "--print-commands and the jobs) with this --out first"
+            )
         gather(plan, loaded)
         return
     slots = make_slots(jobs, _devices(devices))

@@ -201,7 +201,11 @@ def results_markdown(results: list[Result], experiment: Experiment) -> str:
     labels = max(1, len(experiment.rows))
     metric_grid = [*_grid(experiment, results, Result.metric), _baseline_row(experiment, results)]
     lift_grid = _grid(experiment, results, Result.lift, signed=True)
-    averaged = ", ".join(experiment.average_over) or "nothing"
+    averaged = (
+        f"mean ± std over {', '.join(experiment.average_over)}"
+        if experiment.average_over
+        else "one run per cell, no axis averaged"
+    )
     reference = experiment.reference
     references = (
         [
@@ -215,7 +219,7 @@ def results_markdown(results: list[Result], experiment: Experiment) -> str:
         f"# {experiment.name}",
         "",
         *([experiment.description.strip(), ""] if experiment.description else []),
-        f"{metric}: mean ± std over {averaged} ({len(done)} of {len(results)} cells finished).",
+        f"{metric}: {averaged} ({len(done)} of {len(results)} cells finished).",
         "",
         *(f"Reference {text}." for text in references),
         *([""] if references else []),

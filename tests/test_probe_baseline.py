@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from probe_fixtures import backbone_state, write_imagefolder, write_run_folder
 from stage_helpers import train_tiny
 
+from genrep.evaluate.baseline import BaselineStore
 from genrep.evaluate.cli import main
 from genrep.evaluate.report import read_report
 
@@ -164,3 +165,14 @@ def test_table_formats_put_lift_beside_each_metric(tmp_path, colours):
     assert [(r["encoder"], r["metric"]) for r in records] == [("run", "top1"), ("old", "top1")]
     assert records[0]["baseline"] == with_baseline["baseline"]["metrics"]["top1"]
     assert records[1]["baseline"] is None and records[1]["trained_on"] is None
+
+
+def test_a_baseline_whose_key_holds_tuples_is_read_back(tmp_path):
+    # dataset identities and preprocessing hold tuples (photos' crop sides), which JSON stores
+    # as lists: the record must still be found, or every probe measures its baseline again
+    store = BaselineStore(tmp_path / "baselines")
+    key = {"dataset": {"crop_side": (0.3, 0.6)}, "preprocessing": {"crop_scale": (0.2, 1.0)}}
+    store.save(key, {"top1": 24.0}, 1.0)
+    record = store.load(key)
+    assert record is not None and record["metrics"] == {"top1": 24.0}
+    assert store.load({**key, "dataset": {"crop_side": (0.3, 0.7)}}) is None

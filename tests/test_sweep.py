@@ -229,6 +229,21 @@ def test_a_sweep_folder_must_be_new_or_a_sweep(tmp_path):
     assert "holds files and is not a sweep folder" in one_line_error(result, 2)
 
 
+def test_collect_needs_a_sweep_folder(tmp_path):
+    experiment = write_experiment(tmp_path, TINY)
+    result = sweep(experiment, "--out", tmp_path / "new", "--collect", expect=2)
+    assert "holds no sweep to collect" in one_line_error(result, 2)
+    assert not (tmp_path / "new").exists()
+
+
+def test_results_say_when_no_axis_is_averaged(tmp_path):
+    experiment = write_experiment(tmp_path, {**TINY, "axes": {"generate.sigma": [0.2, 1.0]}})
+    sweep(experiment, "--out", tmp_path / "out", "--print-commands")
+    sweep(experiment, "--out", tmp_path / "out", "--collect")
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert ": one run per cell, no axis averaged (0 of 2 cells finished)." in results
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

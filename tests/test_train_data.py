@@ -226,3 +226,5 @@ def test_bad_combinations_of_inputs_are_refused(datasets, real_folder):
         open_data([datasets("gauss")], real_folder, None)
     with pytest.raises(DataError, match="no manifest.json"):
         open_data([real_folder], None, None)
+    with pytest.raises(UsageError, match="hold the same samples"):
+        open_data([datasets("gauss"), datasets("gauss")], None, None)

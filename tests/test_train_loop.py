@@ -121,6 +121,15 @@ def test_run_folder_holds_a_strict_torchvision_backbone(runs, tmp_path):
     assert (run / "checkpoint.pt").stat().st_mtime_ns == before
 
 
+def test_the_saved_config_replays_the_run(runs):
+    # config.yaml records what `resolve` derived (lr_scaled, dataset, ...) beside the flags:
+    # --config skips those, so the file replays the same command (here: nothing left to do)
+    run = runs("simclr")
+    assert "lr_scaled" in yaml.safe_load((run / "config.yaml").read_text())
+    result = invoke(train_main, ["--config", run / "config.yaml", "--out", run])
+    assert "already trained" in result.output
+
+
 def test_a_changed_command_does_not_resume_another_run(runs, datasets):
     run = runs("simclr")
     result = CliRunner().invoke(
@@ -337,6 +346,10 @@ def _one_line_error(result) -> str:
         (["--projection-dim", "0"], "--projection-dim must be >= 1 and <= 65536, got 0"),
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
+        (
+            ["--warmup-steps", "1", "--batch-size", "8"],
+            "--warmup-steps 1 is not below the run's 1 steps",
+        ),
         (["--objective", "inverter", "--temperature", "0.5"], "does not take --temperature"),
         (["--objective", "classifier", "--projection-dim", "64"], "it takes: no options"),
     ],

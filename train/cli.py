@@ -35,7 +35,7 @@ def _takers(option: str) -> str:
     )
 
 
-@click.command(cls=Command, context_settings=CONTEXT)
+@click.command(cls=Command, context_settings=CONTEXT, recorded_keys=TrainConfig.derived_fields())
 @config_option
 @click.argument("shards", nargs=-1, type=DatasetLocation())
 @click.option(
@@ -151,8 +151,10 @@ def _takers(option: str) -> str:
     default=TrainConfig.lr,
     help="SGD learning rate at batch 256; scaled linearly with --batch-size.",
 )
-@click.option("--momentum", type=float, default=TrainConfig.momentum)
-@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay)
+@click.option("--momentum", type=float, default=TrainConfig.momentum, help="SGD momentum.")
+@click.option(
+    "--weight-decay", type=float, default=TrainConfig.weight_decay, help="SGD weight decay."
+)
 @click.option(
     "--temperature",
     type=float,
@@ -195,7 +197,12 @@ def _takers(option: str) -> str:
     default=TrainConfig.shuffle_buffer,
     help="Samples in each worker's shuffle buffer.",
 )
-@click.option("--seed", type=int, default=TrainConfig.seed)
+@click.option(
+    "--seed",
+    type=int,
+    default=TrainConfig.seed,
+    help="Seed of the encoder's initialization, the data order and the Tx draws.",
+)
 @common_options(device=True, precision=True, workers=True, progress=True)
 @click.option(
     "--checkpoint-every",

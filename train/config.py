@@ -4,8 +4,9 @@ One frozen, typed record goes from the command line to the trainer, and into `ch
 `config.yaml` as a plain dict whose keys are its field names. Field metadata says which settings
 may differ when a run resumes (`resumable`), which are options of the objective
 (`objective_option`: the objective's constructor takes them, and others refuse them), which
-describe the generator of an online run (`online`: genrep-generate's flags, train/online.py), and
-the range a number must lie in, checked when the record is made, so that a bad flag is refused before
+describe the generator of an online run (`online`: genrep-generate's flags, train/online.py), which
+`resolve` derives (`derived`: recorded, set by no flag, skipped when `--config` replays a saved
+config.yaml), and the range a number must lie in, checked when the record is made, so that a bad flag is refused before
 anything is written.
 """
 
@@ -46,6 +47,7 @@ def setting(
     resumable: bool = False,
     objective_option: bool = False,
     online: bool = False,
+    derived: bool = False,
     at_least: float | None = None,
     above: float | None = None,
     at_most: float | None = None,
@@ -55,6 +57,7 @@ def setting(
         "resumable": resumable,
         "objective_option": objective_option,
         "online": online,
+        "derived": derived,
         "range": {"at_least": at_least, "above": above, "at_most": at_most},
     }
     return field(default=default, default_factory=default_factory, metadata=metadata)
@@ -148,18 +151,18 @@ class TrainConfig:
     verify: bool = setting(True, resumable=True)
     progress: bool = setting(True, resumable=True)
     out: str | None = setting(None, resumable=True)
-    # filled in by `resolve`
-    steps_per_epoch: int | None = None
-    lr_scaled: float | None = None
-    world_size: int | None = setting(None, resumable=True)
-    local_batch_size: int | None = setting(None, resumable=True)
-    dataset: DataSummary | None = None
-    manifest_hash: str | None = None
+    # filled in by `resolve` (`derived`: no flag sets them, and `--config` skips them)
+    steps_per_epoch: int | None = setting(None, derived=True)
+    lr_scaled: float | None = setting(None, derived=True)
+    world_size: int | None = setting(None, resumable=True, derived=True)
+    local_batch_size: int | None = setting(None, resumable=True, derived=True)
+    dataset: DataSummary | None = setting(None, derived=True)
+    manifest_hash: str | None = setting(None, derived=True)
     #: views without Tx take the central `center_crop` px of each stored frame (App. A); None:
     #: the stored images are crops already
-    center_crop: int | None = None
+    center_crop: int | None = setting(None, derived=True)
     #: what decides an online run's samples (generator with its weights' hash, view, seed, ...)
-    generator_identity: dict[str, Any] | None = None
+    generator_identity: dict[str, Any] | None = setting(None, derived=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", tuple(str(folder) for folder in self.shards))
@@ -176,6 +179,11 @@ class TrainConfig:
             for spec in fields(self)
             if spec.metadata.get("objective_option")
         }
+
+    @classmethod
+    def derived_fields(cls) -> tuple[str, ...]:
+        """The fields `resolve` fills in: a saved config.yaml records them, but no flag sets them."""
+        return tuple(spec.name for spec in fields(cls) if spec.metadata.get("derived"))
 
     def to_plain(self) -> dict[str, Any]:
         """The config as saved in checkpoint.pt and config.yaml."""
@@ -219,6 +227,12 @@ class TrainConfig:
             raise UsageError("pass --epochs or --steps, not both")
         per_epoch = steps_per_epoch(info, batch)
         epochs = self.epochs or DEFAULT_EPOCHS
+        steps = self.steps or epochs * per_epoch
+        if self.warmup_steps >= steps:
+            raise UsageError(
+                f"--warmup-steps {self.warmup_steps} is not below the run's {steps} steps: its lr "
+                "would never decay (cosine after warmup); pass fewer warmup steps"
+            )
         # a run on shards records no generator flags (nor did runs before online training)
         cleared: dict[str, Any] = (
             {}
@@ -233,7 +247,7 @@ class TrainConfig:
             augment=augment,
             tx_on=self._tx_place(augment, device),
             input_size=self.input_size or recipe.default_input_size(info.train_side),
-            steps=self.steps or epochs * per_epoch,
+            steps=steps,
             epochs=None if self.steps else epochs,
             device=str(device),
             precision=resolve_precision(self.precision, device),

@@ -231,6 +231,12 @@ def open_shard_folders(
             }
         )
     hashes = [content_hash(m) for m in manifests]
+    if len(set(hashes)) < len(hashes):
+        twice = [str(f) for f, h in zip(folders, hashes, strict=True) if hashes.count(h) > 1]
+        raise UsageError(
+            f"{' and '.join(twice)} hold the same samples, which an epoch would then see twice: "
+            "pass each dataset once"
+        )
     frames = {name: stored_frame(m) for name, m in zip(names, manifests, strict=True)}
     crops = {frame.native_crop() if frame.full else None for frame in frames.values()}
     if len(crops) > 1:
