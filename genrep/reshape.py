@@ -16,8 +16,6 @@ rerun of the same command resumes, and a folder holding anything else is refused
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,14 +25,14 @@ from genrep.errors import OutputError, ShardFormatError, UsageError
 from genrep.io import StagedFile, naming
 from genrep.manifest import DatasetWriter, content_hash, find_dataset, load_dataset, new_manifest
 from genrep.remote import Location, dataset_name, is_remote
-from genrep.shards import KEY_RE, ShardFile, shard_name, stored_frame, write_shard
-
-#: the member names of the format (after the key), shards/README.md
-MEMBER_RE = re.compile(
-    r"^(anchor\.(jpg|png|webp)|neighbor_\d+\.(jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
+from genrep.shards import (
+    ShardFile,
+    class_id,
+    format_members,
+    shard_name,
+    stored_frame,
+    write_shard,
 )
-#: the longest `cls` member read (a class id in ASCII decimal)
-MAX_CLASS_BYTES = 20
 
 
 @dataclass(frozen=True)
@@ -65,12 +63,6 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
     if not ids:
         raise UsageError("--classes names no class id")
     return ids
-
-
-def _class_id(data: Any, where: str) -> int:
-    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_CLASS_BYTES or not data.isdigit():
-        raise ShardFormatError(f"{where}: its cls member is not a class id")
-    return int(data)
 
 
 class ParentReader:
@@ -128,7 +120,7 @@ class ParentReader:
         if self.contiguous and classes:
             return [classes[p % len(classes)] for p in range(self.size)]
         return [
-            _class_id(raw.get("cls"), f"{entry['name']}: sample {raw.get('__key__')}")
+            _class_of(raw, entry["name"])
             for j, entry in enumerate(self.manifest["shards"])
             for _, raw in self.read(j)
         ]
@@ -165,36 +157,28 @@ def select(parent: ParentReader, selection: Selection) -> tuple[list[int], list[
     return positions, labels
 
 
+def _class_of(raw: dict[str, Any], where: str) -> int:
+    try:
+        return class_id(raw.get("cls"))
+    except ShardFormatError as err:
+        raise ShardFormatError(f"{where}: sample {raw.get('__key__')}: {err}") from None
+
+
 def check_sample(
     raw: dict[str, Any], manifest: dict[str, Any], where: str, key: int | None, label: int | None
 ) -> dict[str, Any]:
-    """The format's members of one parent sample, checked to be what the manifest promises."""
-    name = raw.get("__key__")
-    if not isinstance(name, str) or not KEY_RE.match(name):
-        raise ShardFormatError(f"{where}: a sample key {name!r} is not a sample index")
-    where = f"{where}: sample {name}"
-    if key is not None and int(name) != key:
-        raise ShardFormatError(f"{where}: expected the key of index {key}")
-    members = {field: data for field, data in raw.items() if MEMBER_RE.match(field)}
-    ext, neighbors = manifest["image"]["format"], int(manifest["neighbors"])
-    required = [f"anchor.{ext}", *(f"neighbor_{j}.{ext}" for j in range(neighbors))]
-    required += ["latent.npy", "json"] + (["neighbor_latent.npy"] if neighbors else [])
-    required += ["cls"] if manifest.get("classes") else []
-    if sorted(members) != sorted(required) or not all(
-        isinstance(v, bytes) for v in members.values()
-    ):
-        raise ShardFormatError(
-            f"{where}: members {sorted(members)} are not the format's {sorted(required)}"
-        )
+    """The format's members of one parent sample, checked to be what the manifest promises, and
+    to have the key and class its position implies."""
     try:
-        index = json.loads(members["json"]).get("index")
-    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
-        index = None
-    if index != int(name):
-        raise ShardFormatError(f"{where}: its json does not record index {int(name)}")
-    if label is not None and _class_id(members["cls"], where) != label:
+        sample = format_members(raw, manifest)
+    except ShardFormatError as err:
+        raise ShardFormatError(f"{where}: {err}") from None
+    where = f"{where}: sample {sample['__key__']}"
+    if key is not None and int(sample["__key__"]) != key:
+        raise ShardFormatError(f"{where}: expected the key of index {key}")
+    if label is not None and class_id(sample["cls"]) != label:  # a class id: format_members
         raise ShardFormatError(f"{where}: its class is not {label}, which its manifest implies")
-    return {"__key__": name, **members}
+    return sample
 
 
 def first_key(path: Path) -> int:

@@ -289,7 +289,7 @@ def decode_sample(raw: dict[str, Any], expected: Expected | None = None) -> Samp
         if [i for i, _, _ in indexed] != list(range(len(indexed))):
             raise ShardFormatError("neighbor views are not numbered 0..K-1")
         neighbors = [decode_image(raw[name], ext, size) for _, ext, name in indexed]
-        label = int(raw["cls"].decode()) if "cls" in raw else None
+        label = class_id(raw["cls"]) if "cls" in raw else None
         latent = (
             decode_npy(raw["latent.npy"], None if z_dim is None else (z_dim,))
             if "latent.npy" in raw
@@ -312,10 +312,64 @@ def decode_sample(raw: dict[str, Any], expected: Expected | None = None) -> Samp
 #: a sample key: `sample_key` of an index below MAX_SHARDS * MAX_SHARD_SIZE (a longer run of
 #: digits is no key: Python refuses to read an int of over 4,300 digits)
 KEY_RE = re.compile(r"^\d{9,10}$")
-#: the members a reader reads (the format's fields); any other member is skipped unread
-_FIELD_RE = re.compile(
-    r"^(\d{9,10})\.((?:anchor|neighbor_\d+)\.(?:jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json)$"
-)
+#: the format's member names after the key (shards/README.md); any other member is skipped unread
+_MEMBER = r"(?:anchor|neighbor_\d+)\.(?:jpg|png|webp)|latent\.npy|neighbor_latent\.npy|cls|json"
+MEMBER_RE = re.compile(rf"^(?:{_MEMBER})$")
+_FIELD_RE = re.compile(rf"^(\d{{9,10}})\.({_MEMBER})$")
+#: the longest `cls` member read (a class id in ASCII decimal)
+MAX_CLASS_BYTES = 20
+
+
+def class_id(data: Any) -> int:
+    """A `cls` member's class: ASCII decimal digits only, as the writer stores it, so that a
+    shard cannot label a sample `-1` or ` 1`."""
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_CLASS_BYTES or not data.isdigit():
+        raise ShardFormatError("its cls member is not a class id")
+    return int(data)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def format_members(raw: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The format's members of one sample (as `ShardFile.samples` groups them), held to what its
+    manifest promises: exactly the format's members, a json object recording the sample's index,
+    and a class among the manifest's. `verify` and `subset`/`reshard` check every sample so;
+    training decodes only what it reads (`decode_sample`)."""
+    name = raw.get("__key__")
+    if not isinstance(name, str) or not KEY_RE.match(name):
+        raise ShardFormatError(f"a sample key {name!r} is not a sample index")
+    members = {field: data for field, data in raw.items() if MEMBER_RE.match(field)}
+    ext, neighbors = manifest["image"]["format"], int(manifest["neighbors"])
+    classes = manifest.get("classes")
+    required = [f"anchor.{ext}", *(f"neighbor_{j}.{ext}" for j in range(neighbors))]
+    required += ["latent.npy", "json"] + (["neighbor_latent.npy"] if neighbors else [])
+    required += ["cls"] if classes else []
+    if sorted(members) != sorted(required) or not all(
+        isinstance(v, bytes) for v in members.values()
+    ):
+        raise ShardFormatError(
+            f"sample {name}: members {sorted(members)} are not the format's {sorted(required)}"
+        )
+    try:
+        meta = json.loads(members["json"], parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # not JSON (or NaN), or nested too deep
+        meta = None
+    if not isinstance(meta, dict) or meta.get("index") != int(name):
+        raise ShardFormatError(
+            f"sample {name}: its json is not an object recording index {int(name)}"
+        )
+    if classes:
+        try:
+            label = class_id(members["cls"])
+        except ShardFormatError as err:
+            raise ShardFormatError(f"sample {name}: {err}") from None
+        if label not in set(classes):
+            raise ShardFormatError(f"sample {name}: class {label} is not among the manifest's")
+    return {"__key__": name, **members}
+
+
 #: tar headers whose data tarfile reads whole into memory: pax records and GNU long names
 _EXTENDED_HEADERS = (
     tarfile.XHDTYPE,

@@ -26,7 +26,14 @@ from genrep.io import atomic_open
 from genrep.manifest import CONFIG, dataset_at
 from genrep.options import RegistryChoice, check_number, config_option
 from genrep.remote import DatasetLocation, Location, dataset_name, is_remote, locate
-from genrep.shards import SHARD_RE, Expected, ShardFile, decode_sample, stored_frame
+from genrep.shards import (
+    SHARD_RE,
+    Expected,
+    ShardFile,
+    decode_sample,
+    format_members,
+    stored_frame,
+)
 
 #: largest side of an image in a contact sheet, in pixels
 PREVIEW_CELL = 256
@@ -78,25 +85,17 @@ def inspect(folder: str) -> None:
     click.echo("\n".join(printable(line) for line in lines))
 
 
-def verify_shard(
-    path: Location, entry: dict[str, Any], expected: Expected, neighbors: int
-) -> str | None:
-    """What is wrong with one shard, in a folder or at a URL (size, checksum, decodability,
-    sample count), or None.
+def verify_shard(path: Location, entry: dict[str, Any], m: dict[str, Any]) -> str | None:
+    """What is wrong with one shard of the dataset of manifest `m`, in a folder or at a URL (size,
+    checksum, members, decodability, sample count), or None.
 
-    One pass: the samples are decoded as the file streams through the hash."""
-    problem, count = None, 0
+    One pass: the samples are checked and decoded as the file streams through the hash."""
+    problem, count, expected = None, 0, Expected.of(m)
     try:
         with ShardFile(path, entry) as shard:
             try:
                 for raw in shard.samples():
-                    sample = decode_sample(raw, expected)
-                    if len(sample.neighbors) != neighbors:
-                        problem = (
-                            f"sample {sample.key} has {len(sample.neighbors)} neighbors, "
-                            f"expected {neighbors}"
-                        )
-                        break
+                    decode_sample(format_members(raw, m), expected)
                     count += 1
             except ShardFormatError as err:
                 problem = str(err)
@@ -127,9 +126,9 @@ def repair_advice(path: Location, m: dict[str, Any]) -> str:
 def dataset_problems(path: Location, m: dict[str, Any]) -> list[str]:
     """Everything wrong with a dataset (folder or URL), one line each (empty: it verifies); shards
     not in the manifest are found in a folder only (a URL is not listed)."""
-    problems, expected = [], Expected.of(m)
+    problems = []
     for entry in m["shards"]:
-        problem = verify_shard(locate(path, entry["name"]), entry, expected, m["neighbors"])
+        problem = verify_shard(locate(path, entry["name"]), entry, m)
         if problem:
             problems.append(f"BAD {entry['name']}: {problem}; {repair_advice(path, m)}")
     listed = {entry["name"] for entry in m["shards"]}

@@ -28,6 +28,7 @@ from genrep.shards import (
     ShardFile,
     decode_npy,
     decode_sample,
+    format_members,
 )
 from genrep.shards_cli import main as shards_main
 from genrep.train.cli import main as train_main
@@ -126,10 +127,10 @@ def _shard_with(dataset, edit) -> None:
     replace_shard(dataset, path.name, tar_bytes(edit(tar_members(path))))
 
 
-def _anchor(data: bytes, ext: str = "jpg"):
-    """An edit that replaces every anchor by `data`, stored as anchor.EXT."""
+def _anchor(data: bytes, ext: str = "jpg", stored: str = "jpg"):
+    """An edit that replaces every anchor (of the `stored` format) by `data`, stored as anchor.EXT."""
     return lambda members: [
-        (name[: -len("jpg")] + ext, data) if name.endswith("anchor.jpg") else (name, value)
+        (name[: -len(stored)] + ext, data) if name.endswith(f"anchor.{stored}") else (name, value)
         for name, value in members
     ]
 
@@ -178,16 +179,70 @@ def test_a_json_member_nested_past_the_recursion_limit_is_one_line(dataset, tmp_
     line (json raises RecursionError, not ValueError), writing no shard."""
     _shard_with(dataset, _json_of_first(b"[" * 100_000 + b"]" * 100_000))
     bad = bad_lines(cli(shards_main, "verify", dataset))
-    assert "sample 000000000: undecodable (RecursionError" in bad["shard-000000.tar"]
+    assert bad["shard-000000.tar"].startswith(f"sample 000000000: {NOT_ITS_JSON}")
     out = tmp_path / "reshaped"
     line = only_line(cli(shards_main, *operation, dataset, "--out", out), 1)
-    assert "sample 000000000: its json does not record index 0" in line
+    assert f"sample 000000000: {NOT_ITS_JSON}" in line
     assert not list(out.glob("shard-*.tar"))
+
+
+def _image(side: int, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+NOT_ITS_JSON = "its json is not an object recording index 0"
+
+
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda ms: [(n, v) for n, v in ms if n != "000000000.latent.npy"], "members ["),
+        (lambda ms: [(n, v) for n, v in ms if n != "000000000.json"], "members ["),
+        (_anchor(_image(16), "png"), "members ['anchor.png'"),
+        (_json_of_first(b'{"index": 0, "params": NaN}'), NOT_ITS_JSON),
+        (_json_of_first(b"[0]"), NOT_ITS_JSON),
+        (_json_of_first(b'{"index": 1}'), NOT_ITS_JSON),
+    ],
+    ids=["no-latent", "no-json", "png-in-a-jpg-dataset", "nan", "not-an-object", "other-index"],
+)
+def test_verify_holds_every_sample_to_its_manifest_as_subset_does(dataset, edit, problem):
+    """A sample that decodes but lacks a member, stores another image format than the manifest's,
+    or whose json is not its record is BAD in verify, as subset and reshard refuse to copy it."""
+    _shard_with(dataset, edit)
+    bad = bad_lines(cli(shards_main, "verify", dataset))
+    assert list(bad) == ["shard-000000.tar"]
+    assert bad["shard-000000.tar"].startswith(f"sample 000000000: {problem}")
+
+
+@pytest.mark.parametrize(
+    "cls, problem",
+    [
+        (b"-1", "its cls member is not a class id"),
+        (b" 3\n", "its cls member is not a class id"),
+        (b"", "its cls member is not a class id"),
+        (b"7", "class 7 is not among the manifest's"),
+    ],
+)
+def test_a_sample_s_class_is_a_class_id_its_manifest_lists(cls, problem):
+    m = {"image": {"format": "jpg"}, "neighbors": 0, "classes": [1, 3]}
+    raw = {"__key__": "000000004", "anchor.jpg": b"", "latent.npy": b"", "json": b'{"index": 4}'}
+    assert format_members({**raw, "cls": b"3"}, m)["cls"] == b"3"
+    with pytest.raises(ShardFormatError, match=f"^sample 000000004: {problem}$"):
+        format_members({**raw, "cls": cls}, m)
+    if problem.endswith("class id"):  # training reads no class that is not an id either
+        with pytest.raises(ShardFormatError, match="not a class id"):
+            decode_sample({**raw, "cls": cls, "anchor.jpg": _image(16, "JPEG")})
 
 
 def test_image_larger_than_the_manifest_says_is_refused_before_decoding(dataset):
     """A 13000x13000 header (500 MB of pixels) is refused from its header alone."""
-    _shard_with(dataset, _anchor(png_header(13000, 13000), "png"))
+    _shard_with(dataset, lambda members: [(n.replace(".jpg", ".png"), v) for n, v in members])
+    _shard_with(dataset, _anchor(png_header(13000, 13000), "png", "png"))
+    write_manifest(
+        dataset, {**manifest(dataset), "image": {**manifest(dataset)["image"], "format": "png"}}
+    )
     bad = bad_lines(cli(shards_main, "verify", dataset))
     assert "image is 13000x13000 px, expected 16x16" in bad["shard-000000.tar"]
 
@@ -311,7 +366,7 @@ def test_npy_members_cannot_ask_for_more_than_they_hold():
         decode_npy(objects.getvalue())
     latent = io.BytesIO()
     np.save(latent, np.zeros(4, np.float32))
-    raw = {"__key__": "7", "anchor.png": _png(16), "latent.npy": latent.getvalue()}
+    raw = {"__key__": "7", "anchor.png": _image(16), "latent.npy": latent.getvalue()}
     with pytest.raises(ShardFormatError, match="sample 7: .*expected \\(8,\\)"):
         decode_sample(raw, Expected(16, 16, 8))
 
@@ -360,12 +415,6 @@ def test_latents_training_cannot_take_are_skipped_samples(dataset, tmp_path):
     result = cli(train_main, dataset, *flags)
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert "skipped" in result.output and "bad samples" in result.output
-
-
-def _png(side: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (side, side)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
