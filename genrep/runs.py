@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from genrep.config import read_yaml
-from genrep.encoders import build_backbone
+from genrep.encoders import build_backbone, resnet_names
 from genrep.errors import CheckpointError, OutputError, UsageError, refuse_to_replace
 from genrep.io import atomic_torch_save, atomic_write_bytes, sha256_file
 from genrep.safeload import load_safetensors, load_tensors, state_dict_mismatch
@@ -80,7 +80,8 @@ class Backbone:
     sha256: str
     feature_dim: int
     step: int | None = None
-    #: the training config of a run folder or checkpoint (None for a bare state dict)
+    #: the training config of a run folder or checkpoint, also of a bare state dict loaded
+    #: without --arch from a run folder (None for other bare state dicts)
     training_config: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
@@ -110,8 +111,12 @@ def fit_backbone(arch: str, state: dict[str, Any], source: str | os.PathLike) ->
         raise CheckpointError(f"{source} does not hold a state dict of tensors; {_ADVICE}")
     model = build_backbone(arch)
     state = strip_state_dict(state)
-    problem = state_dict_mismatch(model.state_dict(), state)
+    problem = state_dict_mismatch(model.state_dict(), state, shown=1)
     if problem:
+        if fitting := fitting_arch(state):
+            raise CheckpointError(
+                f"{source} holds torchvision {fitting} weights, not {arch}; pass --arch {fitting}"
+            )
         raise CheckpointError(
             f"{source} does not fit torchvision {arch} ({problem}); pass the right --arch"
         )
@@ -119,11 +124,31 @@ def fit_backbone(arch: str, state: dict[str, Any], source: str | os.PathLike) ->
     return model
 
 
+def fitting_arch(state: dict[str, Any]) -> str | None:
+    """The torchvision ResNet whose keys and shapes `state` has exactly, or None; the models are
+    built on the meta device (no memory, about 0.1 s each), so an error can name the --arch to pass."""
+    for name in resnet_names():
+        with torch.device("meta"):
+            expected = build_backbone(name).state_dict()
+        if state_dict_mismatch(expected, state) is None:
+            return name
+    return None
+
+
 def _run_config(run: Path) -> dict[str, Any]:
     config = read_yaml(run / CONFIG, CheckpointError) or {}
     if not isinstance(config, dict):
         raise CheckpointError(f"{run / CONFIG} must be a YAML mapping holding `arch`")
     return config
+
+
+def _folder_arch(folder: Path) -> tuple[str, dict[str, Any] | None]:
+    """The arch and training config of the run folder holding a bare weight file, so that
+    `runs/X/backbone.pth` loads as `runs/X` does; (DEFAULT_ARCH, None) outside a run folder."""
+    if not is_run_folder(folder):
+        return DEFAULT_ARCH, None
+    config = _run_config(folder)
+    return _agree(None, config.get("arch"), folder / CONFIG), config
 
 
 def _agree(requested: str | None, recorded: Any, where: Path) -> str:
@@ -142,7 +167,7 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
     """The frozen encoder stored at `path`, on the CPU: a run folder (`backbone.pth` +
     `config.yaml`), a training `checkpoint.pt`, a `.safetensors` backbone of genrep-export (its
     metadata names the architecture), or a bare torchvision state dict (`arch` names its
-    architecture, default resnet50)."""
+    architecture, default: that of the run folder holding it, else resnet50)."""
     path = Path(path).resolve()
     step, config = None, None
     if path.is_dir():
@@ -174,7 +199,8 @@ def load_backbone(path: str | os.PathLike, arch: str | None = None) -> Backbone:
             kind, state = "training-checkpoint", loaded["backbone"]
             step = loaded.get("step") if isinstance(loaded.get("step"), int) else None
         else:
-            arch = arch or DEFAULT_ARCH
+            if arch is None:  # an explicit --arch wins over the folder's config
+                arch, config = _folder_arch(path.parent)
             kind, state = "state-dict", loaded.get("state_dict", loaded)
     model = fit_backbone(arch, state, weights).eval().requires_grad_(False)
     return Backbone(

@@ -132,10 +132,10 @@ _SHOWN_KEYS = 4
 
 
 def state_dict_mismatch(
-    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], shown: int = _SHOWN_KEYS
 ) -> str | None:
     """What keeps `state` from loading strictly where `expected` is a module's state dict: missing
-    and unexpected keys and wrong shapes, a few of each, or None when it fits."""
+    and unexpected keys and wrong shapes, `shown` of each, or None when it fits."""
     shapes = [
         f"{key} {tuple(state[key].shape)} (expected {tuple(value.shape)})"
         for key, value in expected.items()
@@ -148,6 +148,6 @@ def state_dict_mismatch(
         ("wrong shape", shapes),
     ):
         if keys:
-            more = f" and {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
-            problems.append(f"{label}: {', '.join(keys[:_SHOWN_KEYS])}{more}")
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            problems.append(f"{label}: {', '.join(keys[:shown])}{more}")
     return "; ".join(problems) or None

@@ -62,12 +62,39 @@ def test_state_dict_prefixes_and_fc_head_are_stripped(tmp_path):
     assert same_weights(encoder.model, state) and isinstance(encoder.model.fc, torch.nn.Identity)
 
 
-def test_bare_state_dict_defaults_to_resnet50_and_explains_an_arch_mismatch(tmp_path):
+def test_bare_state_dict_defaults_to_resnet50_and_names_the_arch_it_fits(tmp_path):
     torch.save(backbone_state("resnet18"), tmp_path / "r18.pth")
-    with pytest.raises(
-        CheckpointError, match=r"does not fit torchvision resnet50 .*pass the right --arch"
-    ):
+    with pytest.raises(CheckpointError) as caught:
         load_backbone(tmp_path / "r18.pth")
+    assert str(caught.value) == (
+        f"{tmp_path / 'r18.pth'} holds torchvision resnet18 weights, not resnet50; "
+        "pass --arch resnet18"
+    )
+    # Weights that fit no torchvision ResNet: one example key of each kind of mismatch.
+    state = backbone_state("resnet18")
+    state["extra.weight"] = state.pop("layer1.0.conv1.weight")
+    torch.save(state, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError) as caught:
+        load_backbone(tmp_path / "odd.pth", arch="resnet18")
+    assert str(caught.value).endswith(
+        "does not fit torchvision resnet18 (missing: layer1.0.conv1.weight; unexpected: "
+        "extra.weight); pass the right --arch"
+    )
+
+
+def test_a_run_folders_backbone_file_takes_the_arch_and_config_of_its_run(tmp_path):
+    run = write_run_folder(tmp_path / "run", arch="resnet18", seed=2)
+    encoder = load_backbone(run / "backbone.pth")
+    assert (encoder.arch, encoder.kind) == ("resnet18", "state-dict")
+    assert encoder.training_config == {"arch": "resnet18", "lr": 0.03}
+    assert same_weights(encoder.model, backbone_state("resnet18", seed=2))
+    # An explicit --arch wins over the folder's config (here, wrongly: the weights say so).
+    with pytest.raises(CheckpointError, match="holds torchvision resnet18 weights, not resnet34"):
+        load_backbone(run / "backbone.pth", arch="resnet34")
+    # The config is read as untrusted YAML: aliases are refused in one line.
+    (run / "config.yaml").write_text("a: &x resnet18\narch: *x\n")
+    with pytest.raises(CheckpointError, match="YAML aliases"):
+        load_backbone(run / "backbone.pth")
 
 
 def test_arch_flag_cannot_contradict_the_run_config(tmp_path):
