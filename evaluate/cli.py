@@ -150,7 +150,7 @@ def _probe_help() -> str:
 @click.option(
     "--crop-scale",
     type=FloatList(),
-    help="linear: area range MIN,MAX of the random-resized crop.  [default: that of the "
+    help="linear (--augment): area range MIN,MAX of the random-resized crop.  [default: that of the "
     "encoder's Tx recipe (genrep: 0.2,1; simclr: 0.08,1), 0.2,1 for a bare state dict]",
 )
 @common_options(device=True, precision=True, workers=True)
@@ -269,12 +269,6 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
-def _crop_scale(value: tuple[float, ...] | None) -> tuple[float, float] | None:
-    if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
-        raise UsageError(f"--crop-scale takes MIN,MAX with 0 < MIN <= MAX <= 1, got {value}")
-    return value
-
-
 def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
     """Resolve the flags into encoder, dataset and protocol, run it and return the report."""
     started = time.perf_counter()
@@ -307,7 +301,7 @@ def run_probe(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
         protocol.crop_fraction,
         options["size"],
         options["crop_fraction"],
-        _crop_scale(options["crop_scale"]),
+        protocol.crop_scale,
     )
     _log(preprocessing.summary(crops=protocol.trains_on_crops))
     inputs = FrozenFeatures(

@@ -308,6 +308,8 @@ def test_table_takes_a_config_and_flags_still_win(tmp_path, run_dir):
     ("args", "message"),
     [
         ("digits --protocol linear --k 5", "Error: --k does not apply to --protocol linear"),
+        ("digits --protocol knn --crop-scale 0.5,1", "Error: --crop-scale does not apply to --"),
+        ("digits --cached --crop-scale 0.5,1", "Error: --crop-scale does not apply to --cached"),
         ("digits --protocol voc07", "needs a multilabel dataset but digits is multiclass"),
         ("imagefolder", "Error: dataset imagefolder needs --root DIR holding train/<class>/"),
         ("digits --device cuda", "Error: --device cuda: torch sees no CUDA GPU here; use --device"),

@@ -32,6 +32,9 @@ class Protocol(ABC):
     #: sets them (None: the encoder's own training input size, and 0.875)
     input_size: ClassVar[int | None] = None
     crop_fraction: ClassVar[float | None] = None
+    #: area range of the random-resized crops it trains on, when set by its flag (None: the
+    #: encoder's Tx recipe's, or the default); only a protocol that takes `crop_scale` sets it
+    crop_scale: tuple[float, float] | None = None
 
     @property
     def trains_on_crops(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -143,12 +143,21 @@ class LinearProtocol(Protocol):
         weight_decay: float = 0.0,
         cached: bool = False,
         seed: int = 0,
+        crop_scale: tuple[float, ...] | None = None,
     ) -> None:
         if encoder_data not in self.LR_BY_ENCODER_DATA:
             raise UsageError(f"--encoder-data must be one of {', '.join(self.LR_BY_ENCODER_DATA)}")
+        if crop_scale is not None:
+            if not (len(crop_scale) == 2 and 0 < crop_scale[0] <= crop_scale[1] <= 1):
+                raise UsageError(
+                    f"--crop-scale takes MIN,MAX with 0 < MIN <= MAX <= 1, got {crop_scale}"
+                )
+            if cached:
+                raise UsageError("--crop-scale does not apply to --cached (no crops); drop one")
         self.lr, self.encoder_data, self.epochs = lr, encoder_data, epochs
         self.batch_size, self.momentum, self.weight_decay = batch_size, momentum, weight_decay
         self.cached, self.seed = cached, seed
+        self.crop_scale = cast(tuple[float, float] | None, crop_scale)
 
     @property
     def trains_on_crops(self) -> bool:
