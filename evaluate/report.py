@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from genrep.config import save_config, to_plain
-from genrep.errors import DataError
+from genrep.errors import DataError, printable
 from genrep.io import atomic_write_bytes
 
 REPORT_FORMAT = "genrep-probe-report"
@@ -152,7 +152,7 @@ def summary_line(report: dict[str, Any]) -> str:
         if metric in baseline:
             part += f" (random init {baseline[metric]:.2f}, lift {report['lift'][metric]:+.2f})"
         parts.append(part)
-    return (
+    return printable(
         f"{report['label']} on {report['dataset']['label']} ({report['protocol']}): "
         + "; ".join(parts)
     )
@@ -213,8 +213,17 @@ def metric_records(
     return records
 
 
+def _csv_cell(value: Any) -> Any:
+    """A CSV value: lists and mappings as JSON (which escapes control characters), text
+    `printable`."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return printable(value) if isinstance(value, str) else value
+
+
 def _csv(records: list[dict[str, Any]]) -> str:
-    """Records as CSV; `trained_on` is spread into `trained_on.<key>` columns."""
+    """Records as CSV; `trained_on` is spread into `trained_on.<key>` columns; text read from the
+    reports is `printable` (a report is untrusted: its labels must not reach a terminal raw)."""
     import csv
     import io
 
@@ -223,9 +232,7 @@ def _csv(records: list[dict[str, Any]]) -> str:
         trained = record["trained_on"] or {}
         row = {k: v for k, v in record.items() if k != "trained_on"}
         row.update({f"trained_on.{k}": v for k, v in trained.items() if k != "datasets"})
-        flat.append(
-            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()}
-        )
+        flat.append({printable(k): _csv_cell(v) for k, v in row.items()})
     columns = list(dict.fromkeys(key for row in flat for key in row))
     out = io.StringIO()
     writer = csv.DictWriter(out, columns, lineterminator="\n")
@@ -236,21 +243,22 @@ def _csv(records: list[dict[str, Any]]) -> str:
 
 def _grid(records: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, str]]]:
     """Columns "<dataset> <protocol> <metric>" (each followed by its lift when any report has a
-    baseline) and rows of formatted cells: one per encoder, one per random-init baseline."""
+    baseline) and rows of formatted cells: one per encoder, one per random-init baseline. Text
+    read from the reports is `printable`, before the widths of the text table are measured."""
     with_lift = any(record["lift"] is not None for record in records)
     columns: list[str] = []
     rows: dict[str, dict[str, str]] = {}
     baselines: dict[str, dict[str, str]] = {}
     for record in records:
-        column = f"{record['dataset']} {record['protocol']} {record['metric']}"
+        column = printable(f"{record['dataset']} {record['protocol']} {record['metric']}")
         if column not in columns:
             columns += [column, f"{column} lift"] if with_lift else [column]
-        cells = rows.setdefault(record["encoder"], {})
+        cells = rows.setdefault(printable(record["encoder"]), {})
         cells[column] = f"{record['value']:.2f}"
         if record["lift"] is not None:
             cells[f"{column} lift"] = f"{record['lift']:+.2f}"
         if record["baseline"] is not None:
-            baselines.setdefault(record["baseline_encoder"], {})[column] = (
+            baselines.setdefault(printable(record["baseline_encoder"]), {})[column] = (
                 f"{record['baseline']:.2f}"
             )
     return columns, {**rows, **baselines}

@@ -401,3 +401,34 @@ def test_an_unreadable_image_is_named_in_one_line(tmp_path, run_dir, workers):
     assert error[0].startswith(
         f"Error: cannot read image {bad.resolve()} (undecodable image: unknown format or damaged header)"
     )
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "csv", "json"])
+def test_table_escapes_control_characters_read_from_a_report(tmp_path, fmt):
+    """A report is untrusted: its strings reach the terminal escaped, never as raw controls."""
+    hostile = "x\x1b[2J\r\u202e"
+    report = {
+        "format": "genrep-probe-report",
+        "format_version": 2,
+        "label": f"run{hostile}",
+        "protocol": f"knn{hostile}",
+        "primary_metric": f"top1{hostile}",
+        "metrics": {f"top1{hostile}": 50.0},
+        "dataset": {"label": f"digits{hostile}"},
+        "checkpoint": {"sha256": f"{'a' * 8}{hostile}", "arch": f"resnet18{hostile}"},
+        "baseline": {"arch": f"resnet18{hostile}", "seed": hostile, "metrics": {}},
+        "lift": {f"top1{hostile}": 1.0},
+        "trained_on": {f"data{hostile}": hostile},
+    }
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    output = probe("table --all-metrics --format", fmt, path).output
+    assert not any(ch in output for ch in "\x1b\r\u202e")
+    if fmt != "json":  # JSON writes them as \u001b etc., which a terminal shows as text
+        assert "runx\\x1b[2J\\r\\u202e" in output
+    assert format_table([report], fmt=fmt).count("\n") == output.rstrip("\n").count("\n")
+
+
+def test_the_summary_line_escapes_control_characters_of_the_label(tmp_path, run_dir):
+    result = probe(run_dir, "digits --protocol knn --k 5 --name run\x1b[2J", FAST)
+    assert result.stdout.startswith("run\\x1b[2J on digits (knn): top1 ")
