@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from genrep.errors import DataError
 from genrep.evaluate.datasets.base import DATASETS, ProbeDataset
+from genrep.remote import read_capped
 
 VOC_CLASSES = (
     "aeroplane",
@@ -31,6 +33,10 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
+#: largest ImageSets/Main/<split>.txt read (VOC2007's trainval.txt is 35 KiB)
+MAX_LISTING_BYTES = 16 << 20
+#: largest Annotations/<id>.xml read (VOC2007's are about 1 KiB)
+MAX_ANNOTATION_BYTES = 1 << 20
 
 
 @DATASETS.register("voc07", aliases=("voc2007",))
@@ -56,10 +62,21 @@ class VOC07Dataset(ProbeDataset):
                 return candidate
         raise self.fail(f"no ImageSets/Main under {self.root}")
 
-    def _labels(self, annotation: Path) -> np.ndarray:
+    def _read(self, path: Path, limit: int, what: str) -> bytes:
+        """A file of the dataset: a regular file of at most `limit` bytes (a FIFO or a link to
+        /dev/zero is refused, never waited on or read forever); any problem is one DataError."""
         try:
-            objects = ET.parse(annotation).getroot().findall("object")
-        except (OSError, ET.ParseError) as err:
+            return read_capped(path, limit, what)
+        except DataError as err:
+            raise self.fail(str(err)) from None
+        except OSError as err:
+            raise self.fail(f"cannot read {path}: {err.strerror or err}") from None
+
+    def _labels(self, annotation: Path) -> np.ndarray:
+        text = self._read(annotation, MAX_ANNOTATION_BYTES, "VOC annotation")
+        try:
+            objects = ET.fromstring(text).findall("object")
+        except ET.ParseError as err:
             raise self.fail(f"cannot read {annotation}: {err}") from None
         labels = np.zeros(len(VOC_CLASSES), dtype=np.int8)
         for obj in objects:
@@ -80,9 +97,12 @@ class VOC07Dataset(ProbeDataset):
         self.classes = list(VOC_CLASSES)
         for split in self.splits:
             listing = folder / "ImageSets" / "Main" / f"{split}.txt"
-            if not listing.is_file():
+            if not listing.exists():
                 raise self.fail(f"{listing} is missing")
-            ids = listing.read_text().split()
+            try:
+                ids = self._read(listing, MAX_LISTING_BYTES, "VOC image list").decode().split()
+            except UnicodeDecodeError:
+                raise self.fail(f"{listing} is not text (one image id a line)") from None
             if not ids:
                 raise self.fail(f"{listing} lists no images")
             self.items[split] = [f"JPEGImages/{i}.jpg" for i in ids]

@@ -567,3 +567,42 @@ def test_a_probe_report_someone_sent_is_read_or_one_line(tmp_path, deadline, tex
     assert problem in only_line(cli(probe_main, "table", good, path), 1)
     result = cli(probe_main, "table", good)
     assert result.exit_code == 0 and "50.00" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("fifo-listing", "trainval.txt is a FIFO, not a regular file"),
+        ("zero-listing", "trainval.txt is a device, not a regular file"),
+        ("large-listing", "trainval.txt is larger than the 16 MiB a VOC image list may be"),
+        ("binary-listing", "trainval.txt is not text (one image id a line)"),
+        ("fifo-annotation", "000000.xml is a FIFO, not a regular file"),
+    ],
+)
+def test_voc07_listing_and_annotation_files_are_read_bounded(tmp_path, deadline, damage, problem):
+    """voc07 had read ImageSets/Main/<split>.txt with read_text (a FIFO hung it, a link to
+    /dev/zero filled the memory) and parsed annotations with ET.parse (a FIFO hung it)."""
+    from probe_fixtures import write_voc07
+
+    from genrep.evaluate.datasets import DATASETS
+
+    deadline(60)
+    root = write_voc07(tmp_path, trainval=4, test=2)
+    voc = root / "VOCdevkit" / "VOC2007"
+    listing = voc / "ImageSets" / "Main" / "trainval.txt"
+    if damage != "large-listing" and damage != "binary-listing":
+        target = voc / "Annotations" / "000000.xml" if damage == "fifo-annotation" else listing
+        target.unlink()
+        if damage == "zero-listing":
+            target.symlink_to("/dev/zero")
+        else:
+            os.mkfifo(target)
+    elif damage == "large-listing":
+        with listing.open("r+b") as f:
+            f.truncate((16 << 20) + 1)  # sparse: the size the cap refuses, without the disk
+    else:
+        listing.write_bytes(b"\xff\xfe000000\n")
+    with pytest.raises(DataError) as caught:
+        DATASETS.build("voc07", root=root)
+    message = str(caught.value)
+    assert problem in message and "\n" not in message
