@@ -113,8 +113,8 @@ def _probe_help() -> str:
     on_disk = [name for name in DATASETS.canonical_names() if DATASETS.get(name).needs_root]
     return (
         "Extract frozen features of CHECKPOINT on DATASET and score them with --protocol.\n\n"
-        "CHECKPOINT is a genrep-train run folder, its checkpoint.pt, or a torchvision ResNet state "
-        f"dict. DATASET is one of: {', '.join(builtin)} (built in), {', '.join(on_disk)} "
+        "CHECKPOINT is a genrep-train run folder, its checkpoint.pt or backbone.pth, or a "
+        f"torchvision ResNet state dict. DATASET is one of: {', '.join(builtin)} (built in), {', '.join(on_disk)} "
         "(with --root DIR)."
     )
 
@@ -133,7 +133,8 @@ def _probe_help() -> str:
 )
 @click.option(
     "--arch",
-    help=f"torchvision model of a bare state dict.  [default: from the run config, else {DEFAULT_ARCH}]",
+    help="torchvision model of a bare state dict.  [default: from the config.yaml of the run "
+    f"folder holding it, else {DEFAULT_ARCH}]",
 )
 @click.option(
     "--size",
