@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import random
 import shutil
 import zipfile
 from pathlib import Path
@@ -61,7 +62,7 @@ FILES = {
         lambda m: pickle.dumps(_Payload(m), 2),
         "it asks for the Python global posix.system",
     ),
-    "random": (lambda m: os.urandom(4096), "not a torch.save file"),
+    "random": (lambda m: random.Random(0).randbytes(4096), "not a torch.save file"),
     "protocol-0-ids": (lambda m: b"P\xff\xfe\n.", "not a torch.save file"),
     "empty": (lambda m: b"", "truncated or not a torch.save file"),
     "truncated": (lambda m: _torch_save_bytes()[:300], "truncated or not a torch.save file"),
