@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from genrep.config import save_config
+from genrep.config import read_yaml, save_config
 from genrep.encoders import backbone_state, build_backbone, normalize
 from genrep.errors import DataError, OutputError, UserError
 from genrep.io import TMP_SUFFIX, atomic_torch_save, atomic_write_bytes, remove_stale_tmp
@@ -221,8 +220,8 @@ def _checkpoint(
 def _is_train_config(path: Path) -> bool:
     """Whether `path` is the config.yaml of a genrep-train run (a dataset folder has one too)."""
     try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        config = read_yaml(path, OutputError)  # within bounds: a FIFO there never blocks
+    except OutputError:
         return False
     return isinstance(config, dict) and {"objective", "arch", "lr_scaled"} <= config.keys()
 

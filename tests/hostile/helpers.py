@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import struct
 import tarfile
 import zlib
@@ -88,3 +89,8 @@ def replace_shard(folder: Path, name: str, data: bytes, record: bool = True) -> 
             if entry["name"] == name:
                 entry.update(bytes=len(data), sha256=sha256_file(folder / name))
         write_manifest(folder, edited)
+
+
+def noise(size: int) -> bytes:
+    """`size` bytes that are no format, the same in every run (a failure replays)."""
+    return random.Random(size).randbytes(size)

@@ -4,6 +4,7 @@ from someone else never chooses where they write."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,14 @@ from .test_writing import snapshot
 FAST = ["--arch", "resnet18", "--batch-size", "2", "--workers", "0", "--no-progress"]
 
 
-def test_train_never_writes_into_a_dataset_a_file_or_a_foreign_folder(dataset, tmp_path):
+def test_train_never_writes_into_a_dataset_a_file_or_a_foreign_folder(dataset, tmp_path, deadline):
+    deadline(120)
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "config.yaml").write_text("mine: true\n")  # a config.yaml, not a run's
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    os.mkfifo(pipe / "config.yaml")  # reading it to see whether it is a run's would block
     a_file = tmp_path / "file"
     a_file.write_text("x")
     before = {folder: snapshot(folder) for folder in (dataset, notes)}
@@ -32,6 +37,7 @@ def test_train_never_writes_into_a_dataset_a_file_or_a_foreign_folder(dataset, t
         dataset / "manifest.json": "is a file; pass a folder for the run",
         a_file: "is a file; pass a folder for the run",
         notes: "holds files and is not a genrep-train run folder",
+        pipe: "holds files and is not a genrep-train run folder",
     }
     for out, message in refusals.items():
         result = cli(train_main, dataset, *FAST, "--steps", "1", "--out", out)

@@ -36,6 +36,7 @@ from genrep.train.cli import main as train_main
 from .helpers import (
     cli,
     manifest,
+    noise,
     only_line,
     png_header,
     replace_shard,
@@ -83,10 +84,10 @@ def _gzip_of_first(folder):
         (lambda d: (d / "shard-000000.tar").read_bytes()[:1000], False, "size 1000 != "),
         (lambda d: b"", True, "not a readable tar (empty file)"),
         (lambda d: tar_bytes([]), True, "0 samples, manifest says 2"),
-        (lambda d: os.urandom(20480), True, "not a readable tar"),
+        (lambda d: noise(20480), True, "not a readable tar"),
         (lambda d: b"\0" * 20480, True, "0 samples, manifest says 2"),
         (_gzip_of_first, True, "a gzip-compressed file; shards are uncompressed tar"),
-        (lambda d: b"BZh91AY&SY" + os.urandom(100), True, "a bzip2-compressed file"),
+        (lambda d: b"BZh91AY&SY" + noise(100), True, "a bzip2-compressed file"),
     ],
     ids=["truncated", "empty-file", "empty-tar", "garbage", "zeros", "gzip", "bzip2"],
 )

@@ -23,7 +23,7 @@ from genrep.train.cli import main as train_main
 from genrep.train.config import TrainConfig
 from genrep.train.trainer import train
 
-from .helpers import cli, only_line, refused, replace_shard, tar_bytes, tar_members
+from .helpers import cli, noise, only_line, refused, replace_shard, tar_bytes, tar_members
 
 FAST = ["--arch", "resnet18", "--batch-size", "2", "--workers", "0", "--no-progress"]
 FAST += ["--log-every", "1"]
@@ -53,7 +53,7 @@ def _special(folder: Path, name: str) -> None:
 DAMAGE = {
     "undecodable-anchors": _garbage_anchors,
     "empty-tars": lambda folder, name: replace_shard(folder, name, tar_bytes([])),
-    "garbage": lambda folder, name: replace_shard(folder, name, os.urandom(4096)),
+    "garbage": lambda folder, name: replace_shard(folder, name, noise(4096)),
     "gzip": lambda folder, name: replace_shard(
         folder, name, gzip.compress((folder / name).read_bytes())
     ),
@@ -91,7 +91,7 @@ def _truncate(folder: Path, name: str) -> None:
 SHARD_DAMAGE = {
     "truncated": _truncate,
     "empty-file": lambda folder, name: replace_shard(folder, name, b""),
-    "garbage": lambda folder, name: replace_shard(folder, name, os.urandom(4096)),
+    "garbage": lambda folder, name: replace_shard(folder, name, noise(4096)),
 }
 
 
@@ -126,7 +126,7 @@ def test_a_damaged_shard_is_skipped_and_a_resumed_run_goes_past_it(dataset, tmp_
 
 
 def test_strict_stops_at_a_damaged_shard(dataset, tmp_path):
-    replace_shard(dataset, "shard-000002.tar", os.urandom(4096))
+    replace_shard(dataset, "shard-000002.tar", noise(4096))
     result = cli(train_main, dataset, *FAST, "--steps", "8", "--strict", "--out", tmp_path / "r")
     message = refused(result, 1)
     assert "shard-000002.tar: not a readable tar" in message and "drop --strict" in message
@@ -216,7 +216,7 @@ def _rank(rank: int, port: int, args: list[str], out: str) -> None:
 def test_under_ddp_a_rank_whose_data_fails_stops_every_rank(dataset, tmp_path):
     """--strict and one damaged shard: the rank that meets it stops, and so does the other one,
     which would otherwise wait forever in the gradient all-reduce."""
-    replace_shard(dataset, "shard-000001.tar", os.urandom(4096))
+    replace_shard(dataset, "shard-000001.tar", noise(4096))
     args = [str(dataset), *FAST, "--steps", "8", "--strict", "--device", "cpu"]
     args += ["--out", str(tmp_path / "run")]
     context = mp.start_processes(

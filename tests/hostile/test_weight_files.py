@@ -22,7 +22,7 @@ from genrep.runs import load_backbone
 from genrep.train.cli import export_main
 
 from .conftest import TINY
-from .helpers import cli, only_line
+from .helpers import cli, noise, only_line
 
 
 class _Payload:
@@ -61,7 +61,7 @@ FILES = {
         lambda m: pickle.dumps(_Payload(m), 2),
         "it asks for the Python global posix.system",
     ),
-    "random": (lambda m: os.urandom(4096), "not a torch.save file"),
+    "random": (lambda m: noise(4096), "not a torch.save file"),
     "protocol-0-ids": (lambda m: b"P\xff\xfe\n.", "not a torch.save file"),
     "empty": (lambda m: b"", "truncated or not a torch.save file"),
     "truncated": (lambda m: _torch_save_bytes()[:300], "truncated or not a torch.save file"),
