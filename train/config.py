@@ -6,8 +6,8 @@ may differ when a run resumes (`resumable`), which are options of the objective
 (`objective_option`: the objective's constructor takes them, and others refuse them), which
 describe the generator of an online run (`online`: genrep-generate's flags, train/online.py), which
 `resolve` derives (`derived`: recorded, set by no flag, skipped when `--config` replays a saved
-config.yaml), and the range a number must lie in, checked when the record is made, so that a bad flag is refused before
-anything is written.
+config.yaml), and the range a number must lie in, checked when the record is made, so that a bad
+flag is refused before anything is written.
 """
 
 from __future__ import annotations
