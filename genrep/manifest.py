@@ -50,6 +50,7 @@ from genrep.shards import (
     MAX_Z_DIM,
     READABLE_VERSIONS,
     SHARD_RE,
+    refuse_json_constant,
     shard_name,
     shard_number,
 )
@@ -68,10 +69,6 @@ RESTORE = "restore it from the dataset's source"
 
 def manifest_path(folder: str | Path) -> Path:
     return Path(folder) / MANIFEST
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:
@@ -103,7 +100,7 @@ def parse_manifest(data: bytes, where: str) -> dict[str, Any]:
     Infinity), refusing unknown formats and versions and anything that does not follow the schema
     (a `ManifestError` naming what is wrong)."""
     try:
-        manifest = json.loads(data, parse_constant=_refuse_constant)
+        manifest = json.loads(data, parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as err:
         raise ManifestError(
             f"{where} is not readable JSON ({type(err).__name__}: {str(err)[:200]}); {RESTORE}"

@@ -26,6 +26,7 @@ from genrep.io import StagedFile, naming
 from genrep.manifest import DatasetWriter, content_hash, find_dataset, load_dataset, new_manifest
 from genrep.remote import Location, dataset_name, is_remote
 from genrep.shards import (
+    Expected,
     ShardFile,
     class_id,
     format_members,
@@ -165,12 +166,12 @@ def _class_of(raw: dict[str, Any], where: str) -> int:
 
 
 def check_sample(
-    raw: dict[str, Any], manifest: dict[str, Any], where: str, key: int | None, label: int | None
+    raw: dict[str, Any], expected: Expected, where: str, key: int | None, label: int | None
 ) -> dict[str, Any]:
     """The format's members of one parent sample, checked to be what the manifest promises, and
     to have the key and class its position implies."""
     try:
-        sample = format_members(raw, manifest)
+        sample = format_members(raw, expected)
     except ShardFormatError as err:
         raise ShardFormatError(f"{where}: {err}") from None
     where = f"{where}: sample {sample['__key__']}"
@@ -269,6 +270,7 @@ def reshape(
     if len(todo) < len(layout):
         log(f"resuming {out}: {len(layout) - len(todo)} of {len(layout)} shards present")
     wanted = {p: k for k in todo for p in layout[k]}
+    expected = Expected.of(parent.manifest)
     buffer: list[dict[str, Any]] = []
     for j in range(len(parent.paths)):
         start, stop = parent.starts[j], parent.starts[j] + parent.counts[j]
@@ -280,7 +282,7 @@ def reshape(
                 continue
             key = p if parent.contiguous else None
             label = labels[p] if labels is not None else None
-            buffer.append(check_sample(raw, parent.manifest, str(parent.paths[j]), key, label))
+            buffer.append(check_sample(raw, expected, str(parent.paths[j]), key, label))
             if len(buffer) == len(layout[k]):
                 _write(writer, k, buffer)
                 buffer = []

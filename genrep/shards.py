@@ -261,11 +261,21 @@ class Expected:
     width: int
     height: int
     z_dim: int | None = None
+    #: the names of a sample's members, sorted (`format_members` checks them), and the classes
+    #: its `cls` may name (empty: the dataset has no `cls`)
+    members: tuple[str, ...] = ()
+    classes: frozenset[int] = frozenset()
 
     @classmethod
     def of(cls, manifest: Mapping[str, Any]) -> Expected:
         frame = stored_frame(manifest)
-        return cls(frame.width, frame.height, int(manifest["generator"]["z_dim"]))
+        ext, neighbors = manifest["image"]["format"], int(manifest["neighbors"])
+        classes = frozenset(manifest.get("classes") or ())
+        members = [f"anchor.{ext}", *(f"neighbor_{j}.{ext}" for j in range(neighbors))]
+        members += ["latent.npy", "json"] + (["neighbor_latent.npy"] if neighbors else [])
+        members += ["cls"] if classes else []
+        z_dim = int(manifest["generator"]["z_dim"])
+        return cls(frame.width, frame.height, z_dim, tuple(sorted(members)), classes)
 
 
 def decode_sample(raw: dict[str, Any], expected: Expected | None = None) -> Sample:
@@ -328,44 +338,41 @@ def class_id(data: Any) -> int:
     return int(data)
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+def refuse_json_constant(name: str) -> float:
+    """`json.loads(..., parse_constant=)`: NaN and Infinity, which Python's json reads, are not
+    JSON, and genrep never writes them."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
-def format_members(raw: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+def format_members(raw: Mapping[str, Any], expected: Expected) -> dict[str, Any]:
     """The format's members of one sample (as `ShardFile.samples` groups them), held to what its
-    manifest promises: exactly the format's members, a json object recording the sample's index,
-    and a class among the manifest's. `verify` and `subset`/`reshard` check every sample so;
-    training decodes only what it reads (`decode_sample`)."""
+    manifest promises (`Expected.of`): exactly the format's members, a json object recording the
+    sample's index, and a class among the manifest's. `verify` and `subset`/`reshard` check every
+    sample so; training decodes only what it reads (`decode_sample`)."""
     name = raw.get("__key__")
     if not isinstance(name, str) or not KEY_RE.match(name):
         raise ShardFormatError(f"a sample key {name!r} is not a sample index")
     members = {field: data for field, data in raw.items() if MEMBER_RE.match(field)}
-    ext, neighbors = manifest["image"]["format"], int(manifest["neighbors"])
-    classes = manifest.get("classes")
-    required = [f"anchor.{ext}", *(f"neighbor_{j}.{ext}" for j in range(neighbors))]
-    required += ["latent.npy", "json"] + (["neighbor_latent.npy"] if neighbors else [])
-    required += ["cls"] if classes else []
-    if sorted(members) != sorted(required) or not all(
+    if tuple(sorted(members)) != expected.members or not all(
         isinstance(v, bytes) for v in members.values()
     ):
         raise ShardFormatError(
-            f"sample {name}: members {sorted(members)} are not the format's {sorted(required)}"
+            f"sample {name}: members {sorted(members)} are not the format's {list(expected.members)}"
         )
     try:
-        meta = json.loads(members["json"], parse_constant=_refuse_constant)
+        meta = json.loads(members["json"], parse_constant=refuse_json_constant)
     except (ValueError, RecursionError):  # not JSON (or NaN), or nested too deep
         meta = None
     if not isinstance(meta, dict) or meta.get("index") != int(name):
         raise ShardFormatError(
             f"sample {name}: its json is not an object recording index {int(name)}"
         )
-    if classes:
+    if expected.classes:
         try:
             label = class_id(members["cls"])
         except ShardFormatError as err:
             raise ShardFormatError(f"sample {name}: {err}") from None
-        if label not in set(classes):
+        if label not in expected.classes:
             raise ShardFormatError(f"sample {name}: class {label} is not among the manifest's")
     return {"__key__": name, **members}
 

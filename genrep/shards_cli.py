@@ -95,7 +95,7 @@ def verify_shard(path: Location, entry: dict[str, Any], m: dict[str, Any]) -> st
         with ShardFile(path, entry) as shard:
             try:
                 for raw in shard.samples():
-                    decode_sample(format_members(raw, m), expected)
+                    decode_sample(format_members(raw, expected), expected)
                     count += 1
             except ShardFormatError as err:
                 problem = str(err)

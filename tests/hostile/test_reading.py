@@ -226,8 +226,8 @@ def test_verify_holds_every_sample_to_its_manifest_as_subset_does(dataset, edit,
         (b"7", "class 7 is not among the manifest's"),
     ],
 )
-def test_a_sample_s_class_is_a_class_id_its_manifest_lists(cls, problem):
-    m = {"image": {"format": "jpg"}, "neighbors": 0, "classes": [1, 3]}
+def test_a_sample_s_class_is_a_class_id_its_manifest_lists(tiny_dataset, cls, problem):
+    m = Expected.of({**manifest(tiny_dataset), "neighbors": 0, "classes": [1, 3]})
     raw = {"__key__": "000000004", "anchor.jpg": b"", "latent.npy": b"", "json": b'{"index": 4}'}
     assert format_members({**raw, "cls": b"3"}, m)["cls"] == b"3"
     with pytest.raises(ShardFormatError, match=f"^sample 000000004: {problem}$"):
